@@ -1,0 +1,227 @@
+"""What does recording every step cost? clipdash.Tracker against a plain loop and the naive way.
+
+    .venv/bin/python benchmarks/bench_tracker.py            # ~1 minute
+    .venv/bin/python benchmarks/bench_tracker.py --quick    # a smoke run, a few seconds
+
+Three loops train the same MLP (a step takes ~1 ms on a laptop-class CPU) on the same batches:
+
+- plain:   zero_grad, forward, backward, `clip_grad_norm_`, `optimizer.step()`; nothing recorded.
+- tracker: the same loop with `clipdash.Tracker` recording everything: loss, LR, pre/post-clip
+  norms, per-parameter norms, coefficient, flags, into SQLite and TensorBoard.
+- naive:   the usual hand-rolled logging: `p.grad.norm().item()` per parameter and
+  `SummaryWriter.add_scalar` per parameter and per metric, every step.
+
+The variants run interleaved (plain, tracker, naive, plain, ...) for several repeats and the
+medians are compared, so a neighbour's load hits all three alike. Each timed block ends only once
+everything it recorded is written (the tracker's writer thread and the SummaryWriter are flushed),
+so background work is counted. Targets (issue 2): tracker/plain <= 1.05, naive/tracker >= 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Importing SummaryWriter and clipdash up front keeps import costs out of the timings.
+from torch.utils.tensorboard import SummaryWriter
+
+import clipdash
+
+MAX_NORM = 1.0
+Setup = Callable[[Path], tuple[Callable[[int], None], Callable[[], None]]]
+
+
+def make_model(width: int, depth: int, inputs: int, classes: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    d = inputs
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), nn.ReLU()]
+        d = width
+    layers.append(nn.Linear(d, classes))
+    return nn.Sequential(*layers)
+
+
+class Workload:
+    """Identical model, optimizer and batches for every variant."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        gen = torch.Generator().manual_seed(0)
+        self.batches = [
+            (torch.randn(args.batch, args.inputs, generator=gen),
+             torch.randint(0, args.classes, (args.batch,), generator=gen))
+            for _ in range(16)
+        ]
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def fresh(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        a = self.args
+        model = make_model(a.width, a.depth, a.inputs, a.classes)
+        return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batches[i % len(self.batches)]
+
+
+def plain(w: Workload) -> Setup:
+    def setup(_: Path) -> tuple[Callable[[int], None], Callable[[], None]]:
+        model, opt = w.fresh()
+        params = list(model.parameters())
+
+        def run(steps: int) -> None:
+            for i in range(steps):
+                x, y = w.batch(i)
+                opt.zero_grad()
+                loss = w.loss_fn(model(x), y)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, MAX_NORM)
+                opt.step()
+
+        return run, lambda: None
+
+    return setup
+
+
+def tracked(w: Workload) -> Setup:
+    def setup(tmp: Path) -> tuple[Callable[[int], None], Callable[[], None]]:
+        model, opt = w.fresh()
+        tracker = clipdash.Tracker(model, opt, run_dir=tmp / "tracker", max_norm=MAX_NORM,
+                                   tensorboard=True, record_params=True)
+        step = 0
+
+        def run(steps: int) -> None:
+            nonlocal step
+            for i in range(steps):
+                x, y = w.batch(i)
+                opt.zero_grad()
+                loss = w.loss_fn(model(x), y)
+                loss.backward()
+                if tracker.clip():
+                    opt.step()
+                tracker.step(loss, 0)
+                step += 1
+            tracker.flush()  # wait until SQLite and TensorBoard have everything
+
+        return run, tracker.close
+
+    return setup
+
+
+def naive(w: Workload) -> Setup:
+    def setup(tmp: Path) -> tuple[Callable[[int], None], Callable[[], None]]:
+        model, opt = w.fresh()
+        named = list(model.named_parameters())
+        params = [p for _, p in named]
+        writer = SummaryWriter(str(tmp / "naive"))
+        step = 0
+
+        def run(steps: int) -> None:
+            nonlocal step
+            for i in range(steps):
+                x, y = w.batch(i)
+                opt.zero_grad()
+                loss = w.loss_fn(model(x), y)
+                loss.backward()
+                for name, p in named:
+                    if p.grad is not None:
+                        writer.add_scalar(f"grad_norm/{name}", p.grad.norm().item(), step)
+                pre = torch.nn.utils.clip_grad_norm_(params, MAX_NORM).item()
+                coef = min(1.0, MAX_NORM / (pre + 1e-6))
+                opt.step()
+                writer.add_scalar("loss/train", loss.item(), step)
+                writer.add_scalar("lr/group_0", opt.param_groups[0]["lr"], step)
+                writer.add_scalar("grad_norm/pre_clip", pre, step)
+                writer.add_scalar("grad_norm/post_clip", pre * coef, step)
+                writer.add_scalar("clip/max_norm", MAX_NORM, step)
+                writer.add_scalar("clip/coef", coef, step)
+                writer.add_scalar("clip/clipped", float(coef < 1.0), step)
+                step += 1
+            writer.flush()
+
+        return run, writer.close
+
+    return setup
+
+
+def measure(setups: dict[str, Setup], steps: int, warmup: int, repeats: int,
+            tmp: Path) -> dict[str, list[float]]:
+    """ms/step of each variant per repeat; variants interleaved, order rotated every repeat."""
+    states = {}
+    for name, setup in setups.items():
+        run, close = setup(tmp / name)
+        run(warmup)
+        states[name] = (run, close)
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    names = list(setups)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            run, _ = states[name]
+            t0 = time.perf_counter()
+            run(steps)
+            times[name].append((time.perf_counter() - t0) / steps * 1e3)
+    for _, close in states.values():
+        close()
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=1000, help="steps per timed block")
+    p.add_argument("--repeats", type=int, default=7, help="timed blocks per variant")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--quick", action="store_true", help="200 steps x 3 repeats (smoke test)")
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4, help="hidden layers")
+    p.add_argument("--inputs", type=int, default=128)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats, args.warmup = 200, 3, 30
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    w = Workload(args)
+    n_params = sum(1 for _ in w.fresh()[0].parameters())
+    print(f"torch {torch.__version__}, python {platform.python_version()}, "
+          f"{torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}")
+    print(f"MLP {args.inputs}-{'-'.join([str(args.width)] * args.depth)}-{args.classes}, "
+          f"batch {args.batch}, {n_params} parameter tensors; {args.repeats} repeats x "
+          f"{args.steps} steps per variant, interleaved; medians")
+    setups = {"plain": plain(w), "tracker": tracked(w), "naive": naive(w)}
+    with tempfile.TemporaryDirectory(prefix="clipdash-bench-") as tmp:
+        times = measure(setups, args.steps, args.warmup, args.repeats, Path(tmp))
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, ts in times.items():
+        spread = f"{min(ts):.3f}..{max(ts):.3f}"
+        print(f"  {name:8s} {med[name]:7.3f} ms/step   (range {spread})")
+    # Paired per-repeat ratios are steadier than a ratio of medians when the machine is shared.
+    paired = statistics.median(t / p for t, p in zip(times["tracker"], times["plain"], strict=True))
+    overhead_us = (med["tracker"] - med["plain"]) * 1e3
+    ratio_plain = med["tracker"] / med["plain"]
+    ratio_naive = med["naive"] / med["tracker"]
+    ok_plain = ratio_plain <= 1.05
+    ok_naive = ratio_naive >= 2.0
+    print(f"tracker / plain  = {ratio_plain:.3f}  (paired median {paired:.3f}; target <= 1.05)"
+          f"  {'OK' if ok_plain else 'MISSED'}")
+    print(f"naive / tracker  = {ratio_naive:.2f}   (target >= 2)  {'OK' if ok_naive else 'MISSED'}")
+    print(f"tracker overhead = {overhead_us:+.1f} us/step; naive overhead = "
+          f"{(med['naive'] - med['plain']) * 1e3:+.1f} us/step")
+    return 0 if (ok_plain and ok_naive) or not math.isfinite(ratio_plain) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""clipdash: see and steer gradient clipping and learning-rate schedules while PyTorch trains.
+
+`Tracker` is imported lazily so that `import clipdash` (and the dashboard, which imports
+`clipdash.store`) never pays for `import torch`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Tracker", "__version__"]
+
+if TYPE_CHECKING:
+    from clipdash.track.tracker import Tracker
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Tracker":
+        from clipdash.track.tracker import Tracker
+
+        return Tracker
+    raise AttributeError(f"module 'clipdash' has no attribute {name!r}")

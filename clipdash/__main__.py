@@ -1,0 +1,5 @@
+import sys
+
+from clipdash.cli import main
+
+sys.exit(main())

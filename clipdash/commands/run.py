@@ -1,0 +1,99 @@
+"""`clipdash run CONFIG.toml [--name] [--runs-dir] [--set KEY=VALUE ...] [--resume RUN]`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from clipdash.cli import UsageError
+from clipdash.commands.common import run_dir_arg
+from clipdash.store.layout import CONFIG_NAME, DEFAULT_RUNS_DIR
+
+ERROR_LOG = "error.log"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG.toml", nargs="?",
+                        help="the run's config (with --resume: default is the run's config.toml)")
+    parser.add_argument("--name", help="run name (default: <config name>-<timestamp>)")
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, metavar="DIR",
+                        help="where the run directory is created (default: ./runs)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a dotted config key, TOML-typed "
+                        "(e.g. --set clip.max_norm=0.5); repeatable")
+    parser.add_argument("--resume", metavar="RUN",
+                        help="continue RUN from its latest checkpoint, in the same directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+
+
+def default_name(config_path: Path) -> str:
+    return f"{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _config_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(config to load, run directory being resumed or None)."""
+    if args.resume:
+        run_dir = run_dir_arg(args.resume, args.runs_dir)
+        return Path(args.config) if args.config else run_dir / CONFIG_NAME, run_dir
+    if not args.config:
+        raise UsageError("missing CONFIG.toml")
+    return Path(args.config), None
+
+
+def run(args: argparse.Namespace) -> int:
+    config_path, resume_dir = _config_path(args)
+    from clipdash.engine.config import load_config
+    from clipdash.engine.errors import ConfigError
+    from clipdash.engine.loop import Trainer, setup
+
+    try:
+        cfg = load_config(config_path, args.overrides)
+        prepared = setup(cfg)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if resume_dir is not None:
+        run_dir = resume_dir
+    else:
+        run_dir = Path(args.runs_dir) / (args.name or default_name(config_path))
+        if run_dir.exists():
+            raise UsageError(f"{run_dir} already exists (pick another --name, or --resume it)")
+    return train(cfg, prepared, run_dir, resume=resume_dir is not None,
+                 progress=not args.no_progress, runs_dir=args.runs_dir)
+
+
+def train(cfg: object, prepared: object, run_dir: Path, *, resume: bool, progress: bool,
+          runs_dir: str, meta: dict | None = None) -> int:
+    """Create (or reopen) the run directory and train; 0 finished/stopped, 1 failed."""
+    from clipdash.engine.config import dump_toml
+    from clipdash.engine.loop import Trainer
+
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (run_dir / CONFIG_NAME).write_text(dump_toml(cfg.to_dict()))  # type: ignore[attr-defined]
+    try:
+        trainer = Trainer(prepared, run_dir, resume=resume, progress=progress,  # type: ignore[arg-type]
+                          meta=meta)
+    except Exception:
+        if created:  # nothing was recorded: leave no half-made run behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    try:
+        state = trainer.run()
+    except Exception as exc:  # noqa: BLE001 - the run failed; the record says why
+        (run_dir / ERROR_LOG).write_text(traceback.format_exc())
+        print(f"clipdash run: {run_dir.name} failed at step {trainer.step}: "
+              f"{type(exc).__name__}: {exc} (traceback in {run_dir / ERROR_LOG})", file=sys.stderr)
+        return 1
+    latest = trainer.tracker.latest()
+    loss = latest.get("loss")
+    print(f"{run_dir.name}: {state} after {trainer.step} steps"
+          + (f", loss {loss:.4g}" if loss is not None else "")
+          + (f", val loss {trainer.last_val:.4g}" if trainer.last_val is not None else ""))
+    print(f"  record: {run_dir}   watch: clipdash watch {runs_dir}   "
+          f"tensorboard --logdir {runs_dir}")
+    return 0

@@ -1,0 +1,64 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint taken after step N holds the model, optimizer, scheduler, the RNG states, the
+tracker's control state (thresholds changed from the dashboard survive a resume) and the data
+position. Files are written to a temporary name and renamed, so a crash mid-write never leaves a
+truncated "latest" checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipdash.store.layout import CHECKPOINT_DIR
+
+KEEP = 3  # most recent checkpoints kept on disk
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINT_DIR
+
+
+def save(run_dir: Path, state: dict[str, Any], step: int) -> Path:
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:09d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    state = dict(state, rng=rng_state())
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in sorted(folder.glob("step-*.pt"))[:-KEEP]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest(run_dir: Path) -> Path | None:
+    found = sorted(checkpoint_dir(run_dir).glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+def load(path: Path) -> dict[str, Any]:
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    restore_rng(state.get("rng", {}))
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

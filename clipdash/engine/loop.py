@@ -1,0 +1,212 @@
+"""The config-driven training loop behind `clipdash run`.
+
+It drives the same public `Tracker` a hand-written loop uses; the only things it adds are building
+the pieces from the config, evaluation, periodic checkpoints, resume, and the progress display.
+Everything is built (and every config error raised) before the run directory is created.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clipdash.engine import checkpoint
+from clipdash.engine.batches import Batches
+from clipdash.engine.config import Config
+from clipdash.engine.data import DataBundle, build_data
+from clipdash.engine.models import build_model
+from clipdash.engine.optim import build_optimizer, build_scheduler
+from clipdash.engine.progress import RunProgress
+from clipdash.track.tracker import Tracker
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, built from a config before anything touches the disk."""
+
+    cfg: Config
+    device: torch.device
+    data: DataBundle
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    driver: Any  # ScheduleDriver | None
+    loss_fn: nn.Module
+    train: Batches
+    val: Batches | None
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _batches(dataset: Any, tensors: Any, batch_size: int, seed: int, device: torch.device,
+             shuffle: bool) -> Batches:
+    if tensors is not None:
+        tensors = tuple(t.to(device) for t in tensors)  # one copy up front, not one per step
+    return Batches(dataset, batch_size, seed, tensors, shuffle)
+
+
+def setup(cfg: Config) -> Setup:
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = build_data(cfg)
+    model = build_model(cfg, data).to(device)
+    optimizer = build_optimizer(cfg, model)
+    bs = cfg.data.batch_size
+    train = _batches(data.train, data.train_tensors, bs, cfg.seed, device, shuffle=True)
+    val_tensors = getattr(data, "val_tensors", None)
+    val = (_batches(data.val, val_tensors, bs, cfg.seed, device, shuffle=False)
+           if data.val is not None else None)
+    steps_per_epoch = len(train)
+    limits = []
+    if cfg.train.epochs:
+        limits.append(cfg.train.epochs * steps_per_epoch)
+    if cfg.train.max_steps:
+        limits.append(cfg.train.max_steps)
+    total_steps = min(limits)
+    driver = build_scheduler(cfg, optimizer, steps_per_epoch, total_steps)
+    loss_name = cfg.train.loss or data.default_loss
+    loss_fn: nn.Module = nn.CrossEntropyLoss() if loss_name == "cross_entropy" else nn.MSELoss()
+    return Setup(cfg, device, data, model, optimizer, driver, loss_fn, train, val,
+                 steps_per_epoch, total_steps)
+
+
+class Trainer:
+    def __init__(self, s: Setup, run_dir: Path, resume: bool = False, progress: bool = True,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.s = s
+        self.run_dir = run_dir
+        self.step = 0
+        self.position = (0, 0)  # (epoch, next batch index)
+        self.last_val: float | None = None
+        self.last_eval_step = -1
+        self.tracker_state: dict[str, Any] | None = None
+        if resume:
+            self._restore()
+        clip = s.cfg.clip
+        self.tracker = Tracker(
+            s.model, s.optimizer, s.driver.scheduler if s.driver else None,
+            run_dir=run_dir, clip=clip.mode, max_norm=clip.max_norm, norm_type=clip.norm_type,
+            max_value=clip.max_value, nonfinite=clip.nonfinite,
+            clip_options=clip.adaptive_options(), total_steps=s.total_steps,
+            per_param_scalars=clip.per_param_scalars, checkpoint=self._checkpoint,
+            start_step=self.step, meta=meta)
+        if self.tracker_state:
+            self.tracker.load_state_dict(self.tracker_state)
+        if resume:
+            self.tracker.event("resume", f"resumed from the checkpoint at step {self.step}")
+        self.progress = RunProgress(run_dir.name, s.total_steps, self.step, enabled=progress)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint(self, reason: str) -> None:
+        s = self.s
+        state = {
+            "step": self.step,
+            "position": self.position,
+            "last_val": self.last_val,
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.driver.state_dict() if s.driver else None,
+            "tracker": self.tracker.state_dict(),
+        }
+        path = checkpoint.save(self.run_dir, state, self.step)
+        self.tracker.event("checkpoint", f"{reason} checkpoint after {self.step} steps",
+                           {"path": str(path.relative_to(self.run_dir)), "reason": reason})
+
+    def _restore(self) -> None:
+        path = checkpoint.latest(self.run_dir)
+        if path is None:
+            return  # nothing saved yet: start over in the same directory
+        state = checkpoint.load(path)
+        s = self.s
+        s.model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        if s.driver and state.get("scheduler") is not None:
+            s.driver.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.position = tuple(state["position"])  # type: ignore[assignment]
+        self.last_val = state.get("last_val")
+        self.last_eval_step = self.step - 1 if self.last_val is not None else -1
+        self.tracker_state = state.get("tracker")
+
+    # -- training --------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train to the end (or until stopped); returns the final status word."""
+        self.tracker.handle_signals()
+        try:
+            with self.tracker:
+                self._train()
+                if self.last_eval_step != self.step - 1 and self.step > 0:
+                    self._evaluate()
+        finally:
+            self.progress.close()
+        return "stopped" if self.tracker.should_stop else "finished"
+
+    def _train(self) -> None:
+        s, tracker = self.s, self.tracker
+        cfg = s.cfg.train
+        epoch, start = self.position
+        while self.step < s.total_steps and not tracker.should_stop:
+            for batch_idx, (x, y) in enumerate(s.train.epoch(epoch, start), start=start):
+                loss = self._forward_backward(x, y)
+                if tracker.clip():
+                    s.optimizer.step()
+                if s.driver:
+                    s.driver.after_step(self.step)
+                self.step += 1
+                if self.step % cfg.eval_every == 0:
+                    self._evaluate()
+                last_in_epoch = batch_idx == s.steps_per_epoch - 1
+                if last_in_epoch and s.driver:
+                    s.driver.after_epoch(epoch, self.last_val)
+                self.position = (epoch + 1, 0) if last_in_epoch else (epoch, batch_idx + 1)
+                tracker.step(loss, epoch)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self._checkpoint("periodic")
+                if self.progress.due():
+                    self.progress.update(self.step, tracker.latest())
+                if tracker.should_stop or self.step >= s.total_steps:
+                    break
+            epoch, start = self.position
+
+    def _forward_backward(self, x: Tensor, y: Tensor) -> Tensor:
+        s = self.s
+        s.optimizer.zero_grad(set_to_none=True)
+        loss = s.loss_fn(s.model(x), y)
+        loss.backward()
+        return loss
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        s = self.s
+        if s.val is None:
+            return
+        s.model.eval()
+        total, correct, count = 0.0, 0, 0
+        classify = isinstance(s.loss_fn, nn.CrossEntropyLoss)
+        for x, y in s.val.epoch(0):
+            out = s.model(x)
+            total += float(s.loss_fn(out, y)) * len(y)
+            if classify:
+                correct += int((out.argmax(-1) == y).sum())
+            count += len(y)
+        s.model.train()
+        metrics = {"loss": total / max(1, count)}
+        if classify:
+            metrics["accuracy"] = correct / max(1, count)
+        self.last_val = metrics["loss"] if math.isfinite(metrics["loss"]) else None
+        self.last_eval_step = self.step - 1
+        if s.driver is not None and hasattr(s.driver, "on_eval"):
+            s.driver.on_eval(metrics["loss"])
+        self.tracker.log_eval(metrics, step=self.step - 1)

@@ -1,0 +1,139 @@
+"""Clipping rules. Each turns this step's norms into a scale factor without leaving the device.
+
+A clipper gets the gradients and their pre-clip norms, modifies the gradients in place, and
+returns (post-clip total norm, threshold in effect). Thresholds live in device tensors so that a
+change from the dashboard is a tensor fill, never a recompile or a sync.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clipdash.track.norms import per_param_norms, total_from_per_param
+
+# clip_grad_norm_ adds this to the total before dividing; recording the same coefficient lets a
+# user compare our post-clip norms with theirs bit for bit.
+EPS = 1e-6
+
+
+class Clipper:
+    """Base: no clipping. Subclasses override `apply`."""
+
+    mode = "none"
+    settable: tuple[str, ...] = ()
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.threshold = torch.full((), math.nan, device=device)
+
+    def apply(self, grads: list[Tensor], params: list[Tensor], per_param: Tensor,
+              total: Tensor, norm_type: float) -> tuple[Tensor, Tensor]:
+        return total, self.threshold
+
+    def set(self, key: str, value: float) -> float:
+        """Change a threshold from the next step; returns the old value."""
+        raise KeyError(key)
+
+    def get(self, key: str) -> float:
+        raise KeyError(key)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class NormClipper(Clipper):
+    """clip_grad_norm_: scale every gradient by min(1, max_norm / (total + eps))."""
+
+    mode = "norm"
+    settable = ("max_norm",)
+
+    def __init__(self, device: torch.device, max_norm: float) -> None:
+        super().__init__(device)
+        self.threshold = torch.full((), float(max_norm), dtype=torch.float32, device=device)
+        # A host copy for reporting; the device tensor is what the hot path reads.
+        self._host = float(max_norm)
+
+    def apply(self, grads: list[Tensor], params: list[Tensor], per_param: Tensor,
+              total: Tensor, norm_type: float) -> tuple[Tensor, Tensor]:
+        coef = torch.clamp(self.threshold / (total + EPS), max=1.0)
+        if grads:
+            torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+        return total * coef, self.threshold
+
+    def set(self, key: str, value: float) -> float:
+        if key != "max_norm":
+            raise KeyError(key)
+        old, self._host = self._host, float(value)
+        self.threshold.fill_(value)
+        return old
+
+    def get(self, key: str) -> float:
+        if key != "max_norm":
+            raise KeyError(key)
+        return self._host
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_norm": self._host}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "max_norm" in state:
+            self.set("max_norm", state["max_norm"])
+
+
+class ValueClipper(Clipper):
+    """clip_grad_value_: clamp every element to [-max_value, max_value]; norms are recomputed."""
+
+    mode = "value"
+    settable = ("max_value",)
+
+    def __init__(self, device: torch.device, max_value: float) -> None:
+        super().__init__(device)
+        self.max_value = float(max_value)
+
+    def apply(self, grads: list[Tensor], params: list[Tensor], per_param: Tensor,
+              total: Tensor, norm_type: float) -> tuple[Tensor, Tensor]:
+        if not grads:
+            return total, self.threshold
+        torch._foreach_clamp_min_(grads, -self.max_value)
+        torch._foreach_clamp_max_(grads, self.max_value)
+        return total_from_per_param(per_param_norms(grads, norm_type), norm_type), self.threshold
+
+    def set(self, key: str, value: float) -> float:
+        if key != "max_value":
+            raise KeyError(key)
+        old, self.max_value = self.max_value, float(value)
+        return old
+
+    def get(self, key: str) -> float:
+        if key != "max_value":
+            raise KeyError(key)
+        return self.max_value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_value": self.max_value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "max_value" in state:
+            self.max_value = float(state["max_value"])
+
+
+def make_clipper(mode: str, device: torch.device, **options: Any) -> Clipper:
+    """The clipper for a `[clip] mode`; adaptive modes register themselves in ADAPTIVE."""
+    if mode == "norm":
+        return NormClipper(device, options.get("max_norm", 1.0))
+    if mode == "value":
+        return ValueClipper(device, options.get("max_value", 0.5))
+    if mode == "none":
+        return Clipper(device)
+    from clipdash.track.adaptive import ADAPTIVE  # noqa: PLC0415 - adaptive modes are optional
+
+    if mode in ADAPTIVE:
+        return ADAPTIVE[mode](device, **options)
+    raise ValueError(f"unknown clip mode {mode!r}")

@@ -1,0 +1,79 @@
+"""Applying commands from the commands table at a step boundary (the trainer's side of control).
+
+Validation happens again here because only the trainer knows the clip mode and the current LR.
+Each command ends applied or rejected, with the step from which it takes effect.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torch.optim import Optimizer
+
+from clipdash.track.clippers import Clipper
+from clipdash.track.lr import current_lrs, scale_lr
+from clipdash.track.writer import Command
+
+
+@dataclass
+class Outcome:
+    applied: bool
+    message: str
+    event: dict[str, Any] | None = None  # recorded as a control event when applied
+
+
+class Steering:
+    """Run-control state: paused / stop requested, and the settable values."""
+
+    def __init__(self, clipper: Clipper, optimizer: Optimizer, scheduler: Any) -> None:
+        self.clipper = clipper
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.paused = False
+        self.stop_requested = False
+
+    def settable(self) -> tuple[str, ...]:
+        return (*self.clipper.settable, "lr")
+
+    def apply(self, cmd: Command, step: int) -> Outcome:
+        """`step` is the first step the command affects."""
+        if cmd.action == "pause":
+            if self.paused:
+                return Outcome(True, "already paused")
+            self.paused = True
+            return Outcome(True, f"paused before step {step}", {"action": "pause"})
+        if cmd.action == "resume":
+            if not self.paused:
+                return Outcome(True, "already running")
+            self.paused = False
+            return Outcome(True, f"resumed at step {step}", {"action": "resume"})
+        if cmd.action == "stop":
+            self.stop_requested = True
+            self.paused = False
+            return Outcome(True, f"stopping before step {step}", {"action": "stop"})
+        if cmd.action == "set":
+            return self._set(cmd.key or "", cmd.value, step)
+        return Outcome(False, f"unknown action {cmd.action!r}")
+
+    def _set(self, key: str, text: str | None, step: int) -> Outcome:
+        if key not in self.settable():
+            mode = self.clipper.mode
+            return Outcome(False, f"{key} cannot be set on this run (clip mode {mode}; "
+                                  f"settable: {', '.join(self.settable())})")
+        try:
+            value = float(text if text is not None else "")
+        except ValueError:
+            return Outcome(False, f"{key}: {text!r} is not a number")
+        if not math.isfinite(value) or value < 0 or (value == 0 and key != "lr"):
+            return Outcome(False, f"{key}: {text} is out of range")
+        if key == "lr":
+            old = current_lrs(self.optimizer)[0]
+            if old == 0:
+                return Outcome(False, "lr: the current LR is 0, so the schedule cannot be scaled")
+            scale_lr(self.optimizer, self.scheduler, value / old)
+        else:
+            old = self.clipper.set(key, value)
+        data = {"action": "set", "key": key, "old": old, "new": value}
+        return Outcome(True, f"{key} {old:g} -> {value:g} from step {step}", data)

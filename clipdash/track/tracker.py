@@ -1,0 +1,376 @@
+"""`clipdash.Tracker`: clip, record and steer from any PyTorch training loop.
+
+    tracker = clipdash.Tracker(model, optimizer, scheduler, max_norm=1.0, name="my-run")
+    with tracker:
+        for epoch in range(epochs):
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                if tracker.clip():          # norms, clipping; False: skip this step (non-finite)
+                    optimizer.step()
+                tracker.step(loss, epoch)   # record; apply commands; blocks while paused
+                scheduler.step()
+                if tracker.should_stop:
+                    break
+            tracker.log_eval({"loss": val_loss})
+
+The hot path (`clip` and `step`) launches a handful of kernels and never reads a device value on
+the host, except the one finiteness check that `nonfinite = "skip" | "stop"` needs on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from clipdash.store.layout import DEFAULT_RUNS_DIR, is_run_dir
+from clipdash.store.writer import RunWriter
+from clipdash.track.buffer import FIELDS, N_FIELDS, StepBuffer
+from clipdash.track.clippers import Clipper, make_clipper
+from clipdash.track.lr import current_lrs
+from clipdash.track.norms import as_norm_type, per_param_norms, scatter_norms, total_from_per_param
+from clipdash.track.steering import Steering
+from clipdash.track.tensorboard import TensorBoardSink
+from clipdash.track.writer import WriterThread
+
+NONFINITE_POLICIES = ("skip", "stop", "continue")
+PAUSE_POLL_S = 0.05
+CheckpointFn = Callable[[str], None]
+
+
+def default_run_name(prefix: str = "run") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class Tracker:
+    """Records every step of a training run and applies commands sent to it.
+
+    Args:
+        model: the module whose parameters are clipped and tracked (named for the record).
+        optimizer: the optimizer stepped by the loop; its param groups give the recorded LRs.
+        scheduler: the LR scheduler, if any, so that an LR change survives its next step.
+        run_dir: where to record; default `runs_dir/name`.
+        clip: "norm", "value", "none", or an adaptive mode ("percentile", "zscore", "agc").
+        max_norm, norm_type, max_value: as in clip_grad_norm_ / clip_grad_value_.
+        nonfinite: what a step with a non-finite gradient norm does: "skip" (no update),
+            "stop" (end the run), "continue" (update anyway, as clip_grad_norm_ would).
+        checkpoint: called with a reason ("pause", "stop") so that pausing and stopping leave
+            a checkpoint; `clipdash run` passes its checkpointer.
+        start_step: first step index (a resumed run); steps after it are rewritten.
+        record: False on non-zero ranks: clip and obey, but write nothing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None,
+        optimizer: Optimizer,
+        scheduler: Any = None,
+        *,
+        run_dir: str | Path | None = None,
+        name: str | None = None,
+        runs_dir: str | Path = DEFAULT_RUNS_DIR,
+        clip: str = "norm",
+        max_norm: float = 1.0,
+        norm_type: float | str = 2.0,
+        max_value: float = 0.5,
+        nonfinite: str = "skip",
+        clip_options: dict[str, Any] | None = None,
+        total_steps: int | None = None,
+        tensorboard: bool = True,
+        per_param_scalars: bool = False,
+        record_params: bool = True,
+        flush_secs: float = 0.5,
+        buffer_steps: int = 256,
+        checkpoint: CheckpointFn | None = None,
+        start_step: int = 0,
+        record: bool = True,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.norm_type = as_norm_type(norm_type)
+        self.nonfinite = nonfinite
+        self.flush_secs = flush_secs
+        self.checkpoint_fn = checkpoint
+        self.named_params = self._collect_params(model, optimizer)
+        self.params = [p for _, p in self.named_params]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        options = dict(clip_options or {}, max_norm=max_norm, max_value=max_value)
+        self.clipper: Clipper = make_clipper(clip, self.device, **options)
+        self.steering = Steering(self.clipper, optimizer, scheduler)
+        self.step_index = start_step
+        self.epoch = 0
+        self._stats: Tensor | None = None
+        self._lrs: list[float] = []
+        self._last_finite = True
+        self._latest_row: tuple[Tensor, float, int] | None = None
+        self._closed = False
+        self._signal_handlers: dict[int, Any] = {}
+        self.buffer = StepBuffer(self.device, len(self.params), buffer_steps)
+        self.run_dir = Path(run_dir) if run_dir else Path(runs_dir) / (name or default_run_name())
+        self.writer = self._open_writer(record, start_step, total_steps, tensorboard,
+                                        per_param_scalars, record_params, meta or {})
+
+    # -- setup -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _collect_params(model: nn.Module | None,
+                        optimizer: Optimizer) -> list[tuple[str, nn.Parameter]]:
+        """Parameters the optimizer updates, named after the model where it knows them."""
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        seen: set[int] = set()
+        out = []
+        for g, group in enumerate(optimizer.param_groups):
+            for i, p in enumerate(group["params"]):
+                if id(p) in seen or not p.requires_grad:
+                    continue
+                seen.add(id(p))
+                out.append((names.get(id(p), f"group{g}.param{i}"), p))
+        return out
+
+    def _open_writer(self, record: bool, start_step: int, total_steps: int | None,
+                     tensorboard: bool, per_param_scalars: bool, record_params: bool,
+                     meta: dict[str, Any]) -> WriterThread:
+        if not record:
+            thread = WriterThread(None, None)
+            thread.start()
+            return thread
+        resume = start_step > 0 and is_run_dir(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        store = RunWriter(self.run_dir, resume=resume)
+        if resume:
+            store.truncate_after(start_step - 1)
+        names = [n for n, _ in self.named_params]
+        store.set_params([(n, tuple(p.shape)) for n, p in self.named_params])
+        store.set_meta(name=self.run_dir.name, clip_mode=self.clipper.mode,
+                       norm_type=self.norm_type if math.isfinite(self.norm_type) else "inf",
+                       nonfinite=self.nonfinite, n_groups=len(self.optimizer.param_groups),
+                       optimizer=type(self.optimizer).__name__,
+                       scheduler=type(self.scheduler).__name__ if self.scheduler else None,
+                       **meta)
+        store.start(total_steps)
+        board = None
+        if tensorboard:
+            board = TensorBoardSink(self.run_dir, names, per_param_scalars,
+                                    purge_from=start_step if resume else None)
+        thread = WriterThread(store, board, with_params=record_params)
+        thread.start()
+        return thread
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def clip(self) -> bool:
+        """Measure and clip the gradients; False when the optimizer step must be skipped."""
+        grads, present = [], []
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                grads.append(p.grad)
+                present.append(i)
+        params = self.params if len(present) == len(self.params) else [
+            self.params[i] for i in present]
+        per = per_param_norms(grads, self.norm_type)
+        if per.device != self.device:
+            per = per.to(self.device)
+        total = total_from_per_param(per, self.norm_type)
+        post, threshold = self.clipper.apply(grads, params, per, total, self.norm_type)
+        coef = torch.where(total > 0, post / total, torch.ones_like(total))
+        finite = torch.isfinite(total)
+        clipped = coef < 1.0
+        self._stats = torch.cat([
+            torch.stack([total, post, coef, threshold.to(total.dtype), finite.float(),
+                         clipped.float()]),
+            scatter_norms(per, present, len(self.params)),
+        ])
+        self._lrs = current_lrs(self.optimizer)
+        if self.nonfinite == "continue":
+            return True
+        # The one host read on the hot path: skipping an optimizer step is a host decision.
+        self._last_finite = bool(finite)
+        if not self._last_finite:
+            if grads:
+                torch._foreach_zero_(grads)
+            if self.nonfinite == "stop":
+                self.steering.stop_requested = True
+            self.event("nonfinite", f"non-finite gradient norm at step {self.step_index}: "
+                       f"{'stopping' if self.nonfinite == 'stop' else 'step skipped'}")
+        return self._last_finite
+
+    def step(self, loss: Tensor | float, epoch: int | None = None) -> None:
+        """Record this step (loss and what `clip` measured), then apply pending commands."""
+        if epoch is not None:
+            self.epoch = epoch
+        if self._stats is None:
+            self._stats = torch.full((N_FIELDS - 1 + len(self.params),), math.nan,
+                                     device=self.device)
+            self._lrs = current_lrs(self.optimizer)
+        if isinstance(loss, Tensor):
+            loss_row = loss.detach().reshape(1).to(self.device, torch.float32)
+        else:
+            loss_row = torch.tensor([float(loss)], device=self.device)
+        row = torch.cat([loss_row, self._stats])
+        self.buffer.append(row, self.step_index, self.epoch, self._lrs, self._max_value())
+        self._stats = None
+        self.step_index += 1
+        if self.buffer.full or self.buffer.age() >= self.flush_secs:
+            self.flush(wait=False)
+        if self.writer.inbox:
+            self._apply_commands()
+        if self.steering.paused:
+            self._wait_while_paused()
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a stop was requested (command, signal, or a non-finite step with "stop")."""
+        return self.steering.stop_requested
+
+    # -- records off the hot path ---------------------------------------------------------
+
+    def log_eval(self, metrics: dict[str, float | Tensor], step: int | None = None) -> None:
+        """Record evaluation metrics (e.g. {"loss": 0.3, "accuracy": 0.9}) at `step`.
+
+        The default step is the last recorded one, so an eval drawn after step N sits at N.
+        """
+        at = self.step_index - 1 if step is None else step
+        values = {k: float(v) for k, v in metrics.items()}
+        self.flush(wait=False)
+        self.writer.put("eval", (at, values))
+
+    def event(self, kind: str, message: str, data: dict[str, Any] | None = None,
+              step: int | None = None) -> None:
+        at = self.step_index if step is None else step
+        self.flush(wait=False)
+        self.writer.put("event", (at, kind, message, data))
+
+    def flush(self, wait: bool = True) -> None:
+        """Hand buffered steps to the writer; with `wait`, return once they are on disk."""
+        if self.buffer.n:
+            self._keep_latest()  # a device-side copy: `latest()` works after the hand-over
+        batch = self.buffer.take()
+        if batch is not None:
+            self.writer.put("steps", batch)
+        if wait:
+            self.writer.barrier()
+
+    def latest(self) -> dict[str, Any]:
+        """The most recent step's values, for a progress display.
+
+        Reads one buffer row from the device: call it a few times a second, not every step.
+        """
+        buf = self.buffer
+        if buf.n:
+            self._keep_latest()
+        if self._latest_row is None:
+            return {}
+        row, lr, step = self._latest_row
+        return dict(zip(FIELDS, row.tolist(), strict=True), lr=lr, step=step)
+
+    def _keep_latest(self) -> None:
+        buf = self.buffer
+        self._latest_row = (buf.device_rows[buf.slot][buf.n - 1, :N_FIELDS].clone(),
+                            buf.lrs[-1][0], buf.steps[-1])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Control state for checkpoints: thresholds in effect and the next step."""
+        return {"clipper": self.clipper.state_dict(), "step": self.step_index,
+                "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clipper.load_state_dict(state.get("clipper", {}))
+
+    # -- control ---------------------------------------------------------------------------
+
+    def _max_value(self) -> float:
+        return self.clipper.get("max_value") if self.clipper.mode == "value" else math.nan
+
+    def _apply_commands(self) -> None:
+        while self.writer.inbox:
+            cmd = self.writer.inbox.popleft()
+            outcome = self.steering.apply(cmd, self.step_index)
+            if outcome.event is not None:
+                data = dict(outcome.event, source=cmd.source, command=cmd.id)
+                self.event("control", f"{outcome.message} ({cmd.source})", data)
+            self.writer.put("resolve", (cmd.id, outcome.applied, self.step_index, outcome.message))
+
+    def _wait_while_paused(self) -> None:
+        self.flush()
+        self._checkpoint("pause")
+        self._set_state("paused")
+        while self.steering.paused:
+            time.sleep(PAUSE_POLL_S)
+            if self.writer.inbox:
+                self._apply_commands()
+        if not self.steering.stop_requested:
+            self._set_state("running")
+
+    def _checkpoint(self, reason: str) -> None:
+        if self.checkpoint_fn is not None:
+            self.checkpoint_fn(reason)
+
+    def _set_state(self, state: str, message: str | None = None) -> None:
+        self.writer.put("call", lambda store, _tb: store and store.set_state(state, message))
+
+    def request_stop(self) -> None:
+        self.steering.stop_requested = True
+
+    def handle_signals(self) -> None:
+        """SIGINT and SIGTERM finish the current step and stop cleanly; a second SIGINT aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if signum == signal.SIGINT and self.steering.stop_requested:
+                raise KeyboardInterrupt
+            self.request_stop()
+            self.steering.paused = False
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._signal_handlers[sig] = signal.signal(sig, on_signal)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self, state: str | None = None, message: str | None = None) -> None:
+        """Flush everything and mark the run finished (or stopped / failed)."""
+        if self._closed:
+            return
+        self._closed = True
+        final = state or ("stopped" if self.should_stop else "finished")
+        if final == "stopped":
+            self._checkpoint("stop")
+        self.flush(wait=False)
+        self._set_state(final, message)
+        self.writer.close()
+        if self.writer.tensorboard:
+            self.writer.tensorboard.close()
+        if self.writer.store:
+            self.writer.store.close()
+        for sig, handler in self._signal_handlers.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("stopped", "interrupted")
+        else:
+            self.close("failed", f"{exc_type.__name__}: {exc}")
+
+    def __repr__(self) -> str:
+        return f"Tracker(run_dir={str(self.run_dir)!r}, step={self.step_index}, pid={os.getpid()})"

@@ -1,0 +1,182 @@
+"""Widgets: the braille Plot, and text builders for the run list and the parameter panel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+from textual.widget import Widget
+
+from clipdash.tui.messages import ParamPanel, RunRow
+from clipdash.tui.render import GUTTER, Line, Marker, fmt_num, fmt_step, render_plot, sparkline
+
+SPARK_W = 10
+STATUS_STYLES = {
+    "running": "bold green",
+    "paused": "bold yellow",
+    "finished": "blue",
+    "stopped": "magenta",
+    "failed": "bold red",
+    "lost": "bold red",
+    "error": "red",
+    "unknown": "dim",
+}
+EVENT_STYLES = {
+    "control": ("▲", "bold cyan"),
+    "nonfinite": ("✖", "bold red"),
+    "checkpoint": ("◆", "green"),
+}
+
+
+def elide(text: str, width: int, keep: str = "end") -> str:
+    """`text` in at most `width` cells, cut in the middle (or at the start, keeping the end)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    if keep == "end":
+        return "…" + text[-(width - 1):]
+    half = (width - 1) // 2
+    return text[:half] + "…" + text[-(width - 1 - half):]
+
+
+def event_marker(step: int, kind: str) -> Marker:
+    char, style = EVENT_STYLES.get(kind, ("•", "dim"))
+    return Marker(step, char, style)
+
+
+# -- the run list -------------------------------------------------------------------------
+
+# (key, header, width); width None: sized to the names. Most telling columns first, so that an
+# 80-column terminal shows them and scrolls sideways to the rest.
+RUN_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
+    ("name", "run", None),
+    ("status", "status", 8),
+    ("step", "step", 12),
+    ("loss", "loss", 7),
+    ("grad", "grad norm", 9),
+    ("max_norm", "max_norm", 8),
+    ("clip", "clip%", 5),
+    ("grad_spark", "grad norm ~", max(SPARK_W, 11)),
+    ("loss_spark", "loss ~", SPARK_W),
+    ("lr", "lr", 7),
+    ("rate", "it/s", 6),
+)
+
+
+def _right(text: str, style: str = "") -> Text:
+    return Text(text, style=style, justify="right")
+
+
+def row_cells(row: RunRow, marked: bool = False) -> tuple[Text, ...]:
+    clip = "-" if row.clip_rate is None else f"{row.clip_rate * 100:.0f}%"
+    return (
+        Text(("● " if marked else "  ") + elide(row.name, 32, keep="middle"),
+             style="bold" if marked else ""),
+        Text(row.status, style=STATUS_STYLES.get(row.status, "")),
+        _right(fmt_step(row.step, row.total)),
+        _right(fmt_num(row.loss)),
+        _right(fmt_num(row.grad_norm)),
+        _right(fmt_num(row.max_norm)),
+        _right(clip, "bold red" if (row.clip_rate or 0) >= 0.5 else ""),
+        Text(sparkline(row.norm_spark, SPARK_W, "max"), style="yellow"),
+        Text(sparkline(row.loss_spark, SPARK_W, "mean"), style="cyan"),
+        _right(fmt_num(row.lr)),
+        _right(fmt_num(row.rate, 6)),
+    )
+
+
+def run_headline(row: RunRow | None, path: str) -> Text:
+    """The one-line summary at the top of the run view."""
+    if row is None:
+        return Text(path, style="bold")
+    clip = "-" if row.clip_rate is None else f"{row.clip_rate * 100:.0f}%"
+    text = Text.assemble((row.name, "bold"), "  ",
+                         (row.status, STATUS_STYLES.get(row.status, "")))
+    for label, value in (("step", fmt_step(row.step, row.total)), ("it/s", fmt_num(row.rate)),
+                         ("loss", fmt_num(row.loss)), ("grad", fmt_num(row.grad_norm)),
+                         ("max_norm", fmt_num(row.max_norm)), ("clip", clip),
+                         ("lr", fmt_num(row.lr))):
+        text.append(f"  {label} ", style="dim")
+        text.append(value)
+    if row.message and row.status in ("failed", "stopped", "error"):
+        text.append(f"  {row.message}", style="red")
+    return text
+
+
+# -- the parameter panel ------------------------------------------------------------------
+
+
+def param_table(panel: ParamPanel | None, width: int) -> Text:
+    if panel is None:
+        return Text("reading parameters…", style="dim")
+    if panel.total == 0:
+        return Text("no per-parameter norms recorded for this run", style="dim")
+    spark_w = 24 if width >= 70 else 12
+    name_w = max(12, width - spark_w - 2 * 9 - 2)
+    lo, hi = panel.window
+    out = Text(no_wrap=True)
+    out.append(f"top {len(panel.top)} of {panel.total} parameters by latest pre-clip norm, "
+               f"steps {lo}–{hi}\n", style="dim")
+    out.append(f"{'parameter':<{name_w}} {'latest':>8} {'peak':>8}  recent\n", style="bold")
+    scale = max((p.peak for p in panel.top if p.peak is not None), default=None)
+    for p in panel.top:
+        out.append(f"{elide(p.name, name_w):<{name_w}} {fmt_num(p.latest):>8} "
+                   f"{fmt_num(p.peak):>8}  ")
+        # One scale for all rows: a parameter whose norm is 100x the others looks it.
+        out.append(sparkline(p.spark, spark_w, "max", lo=0.0, hi=scale), style="yellow")
+        out.append("\n")
+    return out
+
+
+# -- plots --------------------------------------------------------------------------------
+
+
+class Plot(Widget):
+    """A braille line plot of min/max bands; spikes survive any downsampling."""
+
+    DEFAULT_CSS = """
+    Plot {
+        border: round $primary 60%;
+        border-title-color: $text;
+        height: 1fr;
+        min-height: 4;
+    }
+    """
+
+    def __init__(self, title: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.title = title
+        self.border_title = title
+        self.log: bool | None = None
+        self._lines: tuple[Line, ...] = ()
+        self._markers: tuple[Marker, ...] = ()
+        self._cache: tuple[tuple[int, int, bool | None], Text] | None = None
+
+    @property
+    def dots(self) -> int:
+        """Horizontal resolution of the canvas, in braille dots."""
+        return max(0, (self.content_size.width - GUTTER) * 2)
+
+    def set_data(self, lines: Sequence[Line], markers: Sequence[Marker] = ()) -> None:
+        lines, markers = tuple(lines), tuple(markers)
+        if lines == self._lines and markers == self._markers:
+            return
+        self._lines, self._markers, self._cache = lines, markers, None
+        legend = "  ".join(f"[{ln.style}]{'·' if ln.points else '━'} {ln.label}[/]"
+                           for ln in lines if ln.label)
+        self.border_title = f"{self.title}  {legend}" if legend else self.title
+        self.refresh()
+
+    def set_log(self, log: bool | None) -> None:
+        if log != self.log:
+            self.log, self._cache = log, None
+            self.refresh()
+
+    def render(self) -> Text:
+        w, h = self.content_size
+        key = (w, h, self.log)
+        if self._cache is None or self._cache[0] != key:
+            rows = render_plot(self._lines, w, h, log=self.log, markers=self._markers)
+            self._cache = (key, Text("\n", no_wrap=True).join(rows))
+        return self._cache[1]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The demo: install, then train the exploding-gradient RNN twice (unclipped, then clipped) and
+# show what clipdash recorded. On a terminal it ends in the live dashboard (q quits).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+RUNS=${RUNS_DIR:-runs}
+stamp=$(date +%H%M%S)
+.venv/bin/clipdash run examples/exploding_rnn.toml --runs-dir "$RUNS" --name "rnn-unclipped-$stamp" \
+    --set clip.mode=\"none\"
+.venv/bin/clipdash run examples/exploding_rnn.toml --runs-dir "$RUNS" --name "rnn-clipped-$stamp"
+echo
+.venv/bin/clipdash ls "$RUNS"
+echo
+.venv/bin/clipdash compare "rnn-unclipped-$stamp" "rnn-clipped-$stamp" --runs-dir "$RUNS" || true
+echo
+echo "Watch live:      .venv/bin/clipdash watch $RUNS"
+echo "TensorBoard:     .venv/bin/tensorboard --logdir $RUNS"
+echo "Every step:      .venv/bin/clipdash export rnn-clipped-$stamp --runs-dir $RUNS | head"
+if [ -t 0 ] && [ -t 1 ]; then
+    echo "Opening the dashboard in 3 s (q quits)..."
+    sleep 3
+    .venv/bin/clipdash watch "$RUNS"
+fi
