@@ -41,11 +41,11 @@ MAX_NORM = 1.0
 Setup = Callable[[Path], tuple[Callable[[int], None], Callable[[], None]]]
 
 
-def make_model(width: int, depth: int, inputs: int, classes: int) -> nn.Module:
+def make_model(width: int, depth: int, inputs: int, classes: int, norm: bool) -> nn.Module:
     layers: list[nn.Module] = []
     d = inputs
     for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU()]
+        layers += [nn.Linear(d, width), *([nn.LayerNorm(width)] if norm else []), nn.ReLU()]
         d = width
     layers.append(nn.Linear(d, classes))
     return nn.Sequential(*layers)
@@ -67,7 +67,7 @@ class Workload:
     def fresh(self) -> tuple[nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(0)
         a = self.args
-        model = make_model(a.width, a.depth, a.inputs, a.classes)
+        model = make_model(a.width, a.depth, a.inputs, a.classes, a.layernorm)
         return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", type=int, default=128)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--no-layernorm", dest="layernorm", action="store_false",
+                   help="plain Linear+ReLU layers (fewer parameter tensors)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.quick:
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(1 for _ in w.fresh()[0].parameters())
     print(f"torch {torch.__version__}, python {platform.python_version()}, "
           f"{torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}")
-    print(f"MLP {args.inputs}-{'-'.join([str(args.width)] * args.depth)}-{args.classes}, "
+    kind = "MLP with LayerNorm" if args.layernorm else "MLP"
+    print(f"{kind} {args.inputs}-{'-'.join([str(args.width)] * args.depth)}-{args.classes}, "
           f"batch {args.batch}, {n_params} parameter tensors; {args.repeats} repeats x "
           f"{args.steps} steps per variant, interleaved; medians")
     setups = {"plain": plain(w), "tracker": tracked(w), "naive": naive(w)}

@@ -4,8 +4,13 @@
     control.set_value("runs/exp", "max_norm", 0.5)   # waits for the trainer's acknowledgement
     control.pause("exp")                              # a run name inside ./runs works too
 
-Commands are validated here before they are queued, validated again by the trainer (which knows
-the clip mode), applied at a step boundary, and acknowledged with the step they took effect from.
+Commands are validated here before they are queued (the value, and the keys the run declared
+settable), validated again by the trainer, applied at a step boundary, and acknowledged with
+the step they took effect from. A run that is not running or paused (finished, stopped, failed,
+lost) is refused at once: nothing is queued for it.
+
+Errors: ControlError (str() is one line) for a bad command, a refused run or a rejection;
+ControlTimeout, its subclass, when no acknowledgement came in time (the command stays queued).
 """
 
 from __future__ import annotations
@@ -14,32 +19,50 @@ import math
 import time
 from pathlib import Path
 
-from clipdash.store.commands import CommandResult, is_live, live_state, result, submit
-from clipdash.store.layout import DEFAULT_RUNS_DIR, RunNotFound, resolve_run
+from clipdash.store import schema
+from clipdash.store.commands import (
+    CommandResult,
+    is_live,
+    live_state,
+    process_gone,
+    result,
+    run_info,
+    submit,
+)
+from clipdash.store.layout import DB_NAME, DEFAULT_RUNS_DIR, RunNotFound, resolve_run
 
 ACTIONS = ("pause", "resume", "stop")
-SETTABLE = ("max_norm", "lr", "max_value")
+# max_value: clip mode value; percentile, z_threshold, clipping: the adaptive modes
+SETTABLE = ("max_norm", "lr", "max_value", "percentile", "z_threshold", "clipping")
+SOURCES = ("cli", "dashboard", "api")
 DEFAULT_TIMEOUT_S = 15.0
+POLL_S = 0.02
 
 
 class ControlError(Exception):
     """A command that cannot be sent, or that the trainer rejected; str() is one line."""
 
 
+class ControlTimeout(ControlError):
+    """No acknowledgement within the timeout; the command stays queued."""
+
+
 def parse_setting(key: str, text: str | float) -> float:
     """The number a `set KEY=VALUE` carries, or ControlError saying why it is not acceptable."""
     if key not in SETTABLE:
         raise ControlError(f"unknown setting {key!r} (settable: {', '.join(SETTABLE)})")
+    if isinstance(text, bool):
+        raise ControlError(f"{key}: {text!r} is not a number")
     try:
         value = float(text)
     except (TypeError, ValueError):
         raise ControlError(f"{key}: {text!r} is not a number") from None
     if not math.isfinite(value):
         raise ControlError(f"{key}: must be a finite number, got {text!r}")
-    if key == "lr" and value < 0:
-        raise ControlError(f"lr: must be >= 0, got {text!r}")
-    if key != "lr" and value <= 0:
-        raise ControlError(f"{key}: must be > 0, got {text!r}")
+    if value <= 0:
+        # lr = 0 too: the LR is changed by scaling the schedule, and zero cannot be scaled back.
+        hint = " (to stop updates, pause the run)" if key == "lr" else ""
+        raise ControlError(f"{key}: must be > 0, got {text!r}{hint}")
     return value
 
 
@@ -48,13 +71,17 @@ def send(run: str | Path, action: str, key: str | None = None, value: str | floa
          runs_dir: str | Path = DEFAULT_RUNS_DIR) -> CommandResult:
     """Queue a command and (by default) wait for the trainer to apply or reject it.
 
-    Raises ControlError for a bad command, a run that is not running or paused, a rejection,
-    or no acknowledgement within `timeout` seconds.
+    `action` is pause, resume, stop or set (with `key` and `value`). Returns the trainer's
+    CommandResult (state "applied", the step it took effect from, the trainer's message), or
+    with `wait=False` a "pending" one. Raises ControlError for a bad command, a run that is not
+    running or paused, or a rejection; ControlTimeout after `timeout` seconds without an answer.
     """
     try:
         run_dir = resolve_run(run, runs_dir)
     except RunNotFound as exc:
         raise ControlError(str(exc)) from None
+    if source not in SOURCES:
+        raise ControlError(f"unknown source {source!r} ({', '.join(SOURCES)})")
     text: str | None = None
     if action == "set":
         if key is None or value is None:
@@ -62,45 +89,77 @@ def send(run: str | Path, action: str, key: str | None = None, value: str | floa
         text = repr(parse_setting(key, value))
     elif action not in ACTIONS:
         raise ControlError(f"unknown action {action!r} (pause, resume, stop, set KEY=VALUE)")
+    elif key is not None or value is not None:
+        raise ControlError(f"{action} takes no value")
+    info = run_info(run_dir)
     state = live_state(run_dir)
     if not is_live(state):
         raise ControlError(f"run {run_dir.name} is {state}: it takes no commands")
+    if process_gone(run_dir):
+        # Killed within the last few seconds: the heartbeat is not stale yet, but nobody is there.
+        raise ControlError(f"run {run_dir.name} is lost (its trainer process is gone): "
+                           "it takes no commands")
+    settable = info.get("settable")
+    if action == "set" and isinstance(settable, list) and key not in settable:
+        raise ControlError(f"{key} cannot be set on run {run_dir.name} (clip mode "
+                           f"{info.get('clip_mode', '?')}; settable: {', '.join(settable)})")
     command_id = submit(run_dir, action, key, text, source)
     if not wait:
         return CommandResult(command_id, "pending", None, None)
     return wait_for(run_dir, command_id, timeout)
 
 
-def wait_for(run_dir: Path, command_id: int, timeout: float = DEFAULT_TIMEOUT_S) -> CommandResult:
+def wait_for(run_dir: str | Path, command_id: int,
+             timeout: float = DEFAULT_TIMEOUT_S) -> CommandResult:
+    """Wait for the trainer to resolve command `command_id`; see `send` for what it raises."""
+    run_dir = Path(run_dir)
     deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        res = result(run_dir, command_id)
-        if res.state == "applied":
-            return res
-        if res.state == "rejected":
-            raise ControlError(f"rejected by the trainer: {res.message}")
-        state = live_state(run_dir)
-        if not is_live(state):
-            raise ControlError(f"run {run_dir.name} became {state} before acknowledging")
-        if time.monotonic() > deadline:
-            raise ControlError(f"no acknowledgement from {run_dir.name} within {timeout:g} s "
-                               f"(command {command_id} stays queued)")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+    conn = schema.connect(run_dir / DB_NAME)
+    try:
+        while True:
+            res = result(run_dir, command_id, conn)
+            if res.state == "applied":
+                return res
+            if res.state == "rejected":
+                raise ControlError(f"rejected by {run_dir.name}: {res.message}")
+            state = live_state(run_dir, conn)
+            if not is_live(state):
+                raise ControlError(f"run {run_dir.name} became {state} before acknowledging "
+                                   f"command {command_id}")
+            if time.monotonic() > deadline:
+                gone = process_gone(run_dir, conn)
+                why = " (its trainer process is gone)" if gone else ""
+                raise ControlTimeout(
+                    f"no acknowledgement from {run_dir.name} within {timeout:g} s{why}; "
+                    f"command {command_id} stays queued")
+            time.sleep(POLL_S)
+    finally:
+        conn.close()
 
 
-def pause(run: str | Path, **kw: object) -> CommandResult:
-    return send(run, "pause", **kw)  # type: ignore[arg-type]
+def pause(run: str | Path, *, source: str = "api", wait: bool = True,
+          timeout: float = DEFAULT_TIMEOUT_S,
+          runs_dir: str | Path = DEFAULT_RUNS_DIR) -> CommandResult:
+    """Pause at the next step boundary (the trainer flushes and checkpoints first)."""
+    return send(run, "pause", source=source, wait=wait, timeout=timeout, runs_dir=runs_dir)
 
 
-def resume(run: str | Path, **kw: object) -> CommandResult:
-    return send(run, "resume", **kw)  # type: ignore[arg-type]
+def resume(run: str | Path, *, source: str = "api", wait: bool = True,
+           timeout: float = DEFAULT_TIMEOUT_S,
+           runs_dir: str | Path = DEFAULT_RUNS_DIR) -> CommandResult:
+    return send(run, "resume", source=source, wait=wait, timeout=timeout, runs_dir=runs_dir)
 
 
-def stop(run: str | Path, **kw: object) -> CommandResult:
-    return send(run, "stop", **kw)  # type: ignore[arg-type]
+def stop(run: str | Path, *, source: str = "api", wait: bool = True,
+         timeout: float = DEFAULT_TIMEOUT_S,
+         runs_dir: str | Path = DEFAULT_RUNS_DIR) -> CommandResult:
+    """Finish the current step, checkpoint, and end the run with status "stopped"."""
+    return send(run, "stop", source=source, wait=wait, timeout=timeout, runs_dir=runs_dir)
 
 
-def set_value(run: str | Path, key: str, value: str | float, **kw: object) -> CommandResult:
-    return send(run, "set", key, value, **kw)  # type: ignore[arg-type]
+def set_value(run: str | Path, key: str, value: str | float, *, source: str = "api",
+              wait: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+              runs_dir: str | Path = DEFAULT_RUNS_DIR) -> CommandResult:
+    """Set max_norm, lr, max_value (or an adaptive mode's threshold) from the next step."""
+    return send(run, "set", key, value, source=source, wait=wait, timeout=timeout,
+                runs_dir=runs_dir)

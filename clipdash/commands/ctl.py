@@ -1,8 +1,13 @@
-"""`clipdash ctl RUN pause|resume|stop` and `clipdash ctl RUN set KEY=VALUE`."""
+"""`clipdash ctl RUN pause|resume|stop` and `clipdash ctl RUN set KEY=VALUE`.
+
+Exit codes: 0 applied (or queued, with --no-wait); 2 a bad command, a run that takes no commands,
+or a rejection by the trainer; 1 no acknowledgement within --timeout (the command stays queued).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from clipdash.cli import UsageError
 from clipdash.commands.common import add_runs_dir
@@ -30,9 +35,14 @@ def run(args: argparse.Namespace) -> int:
         key, value = (s.strip() for s in args.setting.split("=", 1))
     elif args.setting:
         raise UsageError(f"{args.action} takes no value (got {args.setting!r})")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0, got {args.timeout:g}")
     try:
         res = control.send(args.run, args.action, key, value, source="cli",
                            wait=not args.no_wait, timeout=args.timeout, runs_dir=args.runs_dir)
+    except control.ControlTimeout as exc:
+        print(f"clipdash ctl: {exc}", file=sys.stderr)
+        return 1
     except control.ControlError as exc:
         raise UsageError(str(exc)) from None
     if args.no_wait:

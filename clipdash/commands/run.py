@@ -38,17 +38,42 @@ def _config_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(config to load, run directory being resumed or None)."""
     if args.resume:
         run_dir = run_dir_arg(args.resume, args.runs_dir)
+        check_resumable(run_dir)
         return Path(args.config) if args.config else run_dir / CONFIG_NAME, run_dir
     if not args.config:
         raise UsageError("missing CONFIG.toml")
     return Path(args.config), None
 
 
+def check_resumable(run_dir: Path) -> None:
+    """UsageError unless `run_dir` can be resumed: not finished, and no trainer still at it.
+
+    Stopped, failed and lost runs resume; a live run whose process is gone (killed seconds ago,
+    before its heartbeat went stale) counts as lost.
+    """
+    from clipdash.store.commands import process_gone
+    from clipdash.store.reader import RunReader
+    from clipdash.store.schema import StoreError
+
+    try:
+        with RunReader(run_dir) as reader:
+            status, row, last = reader.status(), reader.status_row() or {}, reader.last_step()
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    if status == "finished":
+        steps = "no" if last is None else last + 1
+        raise UsageError(f"run {run_dir.name} finished ({steps} steps): nothing to resume "
+                         "(start a new run to train further)")
+    if status in ("running", "paused") and not process_gone(run_dir):
+        raise UsageError(f"run {run_dir.name} is {status} (pid {row.get('pid')} on "
+                         f"{row.get('host')}): stop it before resuming it")
+
+
 def run(args: argparse.Namespace) -> int:
     config_path, resume_dir = _config_path(args)
     from clipdash.engine.config import load_config
     from clipdash.engine.errors import ConfigError
-    from clipdash.engine.loop import Trainer, setup
+    from clipdash.engine.loop import setup
 
     try:
         cfg = load_config(config_path, args.overrides)
@@ -75,13 +100,23 @@ def train(cfg: object, prepared: object, run_dir: Path, *, resume: bool, progres
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / CONFIG_NAME).write_text(dump_toml(cfg.to_dict()))  # type: ignore[attr-defined]
+    from clipdash.engine.checkpoint import CheckpointError
+
     try:
         trainer = Trainer(prepared, run_dir, resume=resume, progress=progress,  # type: ignore[arg-type]
                           meta=meta)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
     except Exception:
         if created:  # nothing was recorded: leave no half-made run behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if resume and trainer.restored_from is None:
+        print(f"clipdash run: {run_dir.name} has no checkpoint: starting over from step 0 in "
+              f"{run_dir}", file=sys.stderr)
+    elif resume:
+        print(f"clipdash run: resuming {run_dir.name} from step {trainer.step} "
+              f"({trainer.restored_from.name if trainer.restored_from else ''})", file=sys.stderr)
     try:
         state = trainer.run()
     except Exception as exc:  # noqa: BLE001 - the run failed; the record says why

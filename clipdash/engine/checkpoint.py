@@ -20,6 +20,10 @@ from clipdash.store.layout import CHECKPOINT_DIR
 KEEP = 3  # most recent checkpoints kept on disk
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be resumed from (unreadable, or saved by a different setup)."""
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / CHECKPOINT_DIR
 

@@ -90,6 +90,7 @@ class Trainer:
         self.last_val: float | None = None
         self.last_eval_step = -1
         self.tracker_state: dict[str, Any] | None = None
+        self.restored_from: Path | None = None  # the checkpoint a resumed run continues from
         if resume:
             self._restore()
         clip = s.cfg.clip
@@ -102,8 +103,11 @@ class Trainer:
             start_step=self.step, meta=meta)
         if self.tracker_state:
             self.tracker.load_state_dict(self.tracker_state)
-        if resume:
-            self.tracker.event("resume", f"resumed from the checkpoint at step {self.step}")
+        if resume and self.restored_from is not None:
+            self.tracker.event("resume", f"resumed from the checkpoint at step {self.step}",
+                               {"path": str(self.restored_from.relative_to(run_dir))})
+        elif resume:
+            self.tracker.event("resume", "no checkpoint to resume from: started over")
         self.progress = RunProgress(run_dir.name, s.total_steps, self.step, enabled=progress)
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -114,6 +118,7 @@ class Trainer:
             "step": self.step,
             "position": self.position,
             "last_val": self.last_val,
+            "last_eval_step": self.last_eval_step,
             "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(),
             "scheduler": s.driver.state_dict() if s.driver else None,
@@ -124,19 +129,28 @@ class Trainer:
                            {"path": str(path.relative_to(self.run_dir)), "reason": reason})
 
     def _restore(self) -> None:
+        """Load the latest checkpoint; without one the run starts over in the same directory."""
         path = checkpoint.latest(self.run_dir)
         if path is None:
-            return  # nothing saved yet: start over in the same directory
-        state = checkpoint.load(path)
+            return
         s = self.s
-        s.model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        if s.driver and state.get("scheduler") is not None:
-            s.driver.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        self.position = tuple(state["position"])  # type: ignore[assignment]
+        try:
+            state = checkpoint.load(path)
+            s.model.load_state_dict(state["model"])
+            s.optimizer.load_state_dict(state["optimizer"])
+            if s.driver and state.get("scheduler") is not None:
+                s.driver.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            epoch, batch = state["position"]
+            self.position = (int(epoch), int(batch))
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot resume from this"
+            raise checkpoint.CheckpointError(
+                f"{path}: cannot resume from it ({type(exc).__name__}: {exc}); was the config "
+                "changed?") from exc
+        self.restored_from = path
         self.last_val = state.get("last_val")
-        self.last_eval_step = self.step - 1 if self.last_val is not None else -1
+        self.last_eval_step = int(state.get(
+            "last_eval_step", self.step - 1 if self.last_val is not None else -1))
         self.tracker_state = state.get("tracker")
 
     # -- training --------------------------------------------------------------------------

@@ -179,9 +179,9 @@ class RunReader:
             after = rows[-1]["step"]
 
     def evals_after(self, after: int = -1) -> list[tuple[int, str, float | None]]:
-        return [tuple(r) for r in self.conn.execute(  # type: ignore[misc]
-            "SELECT step, metric, value FROM evals WHERE step > ? ORDER BY step, metric",
-            (after,))]
+        rows = self.conn.execute(
+            "SELECT step, metric, value FROM evals WHERE step > ? ORDER BY step, metric", (after,))
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def events_after(self, after_id: int = 0) -> list[dict[str, Any]]:
         rows = self.conn.execute(

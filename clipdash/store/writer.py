@@ -148,11 +148,20 @@ class RunWriter:
             )
 
     def truncate_after(self, step: int) -> None:
-        """Forget what was recorded after `step` (resume from a checkpoint taken at `step`)."""
+        """Forget what was recorded after `step` (resume from the checkpoint taken after it).
+
+        Events at step + 1 recorded before that checkpoint's own event (commands applied at the
+        boundary, the pause) happened before the save and stay; resume events always stay.
+        """
         with self._tx():
             self.conn.execute("DELETE FROM steps WHERE step > ?", (step,))
             self.conn.execute("DELETE FROM evals WHERE step > ?", (step,))
-            self.conn.execute("DELETE FROM events WHERE step > ? AND kind != 'resume'", (step,))
+            saved = self.conn.execute(
+                "SELECT MAX(id) FROM events WHERE step = ? AND kind = 'checkpoint'",
+                (step + 1,)).fetchone()[0]
+            self.conn.execute(
+                "DELETE FROM events WHERE kind != 'resume' AND (step > ? OR (step = ? AND "
+                "id > ?))", (step + 1, step + 1, -1 if saved is None else saved))
 
     # -- commands (trainer side) ----------------------------------------------------------
 

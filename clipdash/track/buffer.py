@@ -1,12 +1,17 @@
 """Per-step values collected on the device and moved to the host in batches.
 
-Each step writes one row of a preallocated device tensor (one copy kernel). A flush copies the
-filled rows into pinned host memory with non_blocking=True and records a CUDA event; the writer
-thread waits on that event, so the training thread never waits for the device.
+`clip()` writes its measurements into a staging row on the device with `out=` kernels (named
+views, made once); `step()` adds the loss and copies the staging row into the next row of a
+preallocated device buffer (one copy kernel). A flush copies the filled rows into pinned host
+memory with non_blocking=True and records a CUDA event; the writer thread waits on that event, so
+the training thread never waits for the device. The finite and clipped flags are not computed on
+the device: they follow from the recorded values (finite: the pre-clip norm is finite; clipped:
+the coefficient is below 1) and are derived on the writer thread.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import time
 from dataclasses import dataclass, field
@@ -15,16 +20,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# Column order of a buffer row; per-parameter norms follow.
+# Columns of a step as the writer sees them.
 FIELDS = ("loss", "grad_norm_pre", "grad_norm_post", "clip_coef", "max_norm", "finite", "clipped")
+# Column order of a device row; per-parameter norms follow.
+ROW_FIELDS = FIELDS[:5]
+N_ROW_FIELDS = len(ROW_FIELDS)
 N_FIELDS = len(FIELDS)
+
+
+def derived_flags(pre: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(finite, clipped) from the pre-clip norm and the coefficient, exactly as on the device."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(pre), coef < 1.0
+
+
+def row_values(values: list[float]) -> dict[str, float]:
+    """FIELDS of a row read back from the device, the flags derived as the writer derives them."""
+    out = dict(zip(ROW_FIELDS, values, strict=True))
+    pre, coef = out["grad_norm_pre"], out["clip_coef"]
+    out["finite"] = float(math.isfinite(pre))
+    out["clipped"] = float(coef < 1.0)
+    return out
 
 
 @dataclass
 class StepBatch:
     """Filled rows of one buffer plus the host-side values of the same steps."""
 
-    rows: Tensor  # [n, N_FIELDS + n_params] on the host (pinned on CUDA)
+    rows: Tensor  # [n, N_ROW_FIELDS + n_params] on the host (pinned on CUDA)
     ready: torch.cuda.Event | None
     steps: list[int]
     epochs: list[int]
@@ -40,37 +63,49 @@ class StepBatch:
             self.ready.synchronize()
         data = self.rows.numpy().astype(np.float64, copy=True)
         self.release.put(self.slot)
-        cols = {name: data[:, i] for i, name in enumerate(FIELDS)}
+        cols = {name: data[:, i] for i, name in enumerate(ROW_FIELDS)}
+        cols["finite"], cols["clipped"] = derived_flags(cols["grad_norm_pre"], cols["clip_coef"])
         cols["step"] = np.asarray(self.steps, np.int64)
         cols["epoch"] = np.asarray(self.epochs, np.int64)
         cols["wall_time"] = np.asarray(self.wall_times, np.float64)
-        cols["lr_groups"] = np.asarray(self.lrs, np.float64)
+        cols["lr_groups"] = np.asarray(self.lrs, np.float64).reshape(len(self.steps), -1)
         cols["lr"] = cols["lr_groups"][:, 0]
         cols["max_value"] = np.asarray(self.max_values, np.float64)
-        cols["clipped"] = cols["clipped"] > 0.5
-        cols["finite"] = cols["finite"] > 0.5
         if with_params:
-            cols["param_norms"] = data[:, N_FIELDS:].astype(np.float32)
+            cols["param_norms"] = data[:, N_ROW_FIELDS:].astype(np.float32)
         return cols
 
 
 class StepBuffer:
-    """A small pool of device/host buffer pairs, recycled once the writer has read them."""
+    """A staging row and a small pool of device/host buffer pairs, recycled once written.
+
+    The staging row's fields are views made once (`loss`, `pre`, `post`, `coef`, `threshold`,
+    `per_param`), so the hot path passes them as `out=` without creating tensors.
+    """
 
     def __init__(self, device: torch.device, n_params: int, capacity: int, slots: int = 3) -> None:
         self.device = device
         self.capacity = capacity
-        width = N_FIELDS + n_params
+        self.n_params = n_params
+        width = N_ROW_FIELDS + n_params
         self.is_cuda = device.type == "cuda"
+        self.stage = torch.zeros(width, device=device)
+        self.loss = self.stage[0:1]  # 1-element, so a loss of shape () or (1,) copies in
+        self.pre, self.post, self.coef, self.threshold = (self.stage[i] for i in range(1, 5))
+        self.per_param = self.stage[N_ROW_FIELDS:]
+        self.measured = self.stage[1:]
         self.device_rows = [torch.zeros(capacity, width, device=device) for _ in range(slots)]
+        # One view per row, made once: selecting a row costs as much as the copy into it.
+        self._row_views = [list(rows.unbind(0)) for rows in self.device_rows]
         self.host_rows = [
-            torch.zeros(capacity, width, pin_memory=self.is_cuda) if self.is_cuda else None
+            torch.zeros(capacity, width, pin_memory=True) if self.is_cuda else None
             for _ in range(slots)
         ]
         self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(1, slots):
             self.free.put(i)
         self.slot = 0
+        self._views = self._row_views[0]
         self._reset()
 
     def _reset(self) -> None:
@@ -82,15 +117,29 @@ class StepBuffer:
         self.max_values: list[float] = []
         self.started = time.monotonic()
 
-    def append(self, row: Tensor, step: int, epoch: int, lrs: list[float],
-               max_value: float) -> None:
-        self.device_rows[self.slot][self.n].copy_(row, non_blocking=True)
+    def clear_measurements(self) -> None:
+        """NaN for everything but the loss: a step recorded without `clip()`."""
+        self.measured.fill_(math.nan)
+
+    def commit(self, step: int, epoch: int, lrs: list[float], max_value: float) -> None:
+        """Copy the staging row into the buffer (one kernel) with the step's host values."""
+        self._views[self.n].copy_(self.stage, non_blocking=True)
         self.n += 1
         self.steps.append(step)
         self.epochs.append(epoch)
         self.wall_times.append(time.time())
         self.lrs.append(lrs)
         self.max_values.append(max_value)
+
+    def append(self, row: Tensor, step: int, epoch: int, lrs: list[float],
+               max_value: float) -> None:
+        """Stage a whole row (loss, pre, post, coef, max_norm, per-parameter norms) and commit."""
+        self.stage.copy_(row)
+        self.commit(step, epoch, lrs, max_value)
+
+    def last_row(self) -> tuple[Tensor, float, int]:
+        """A device copy of the last committed row's step fields, with its LR and step."""
+        return self._views[self.n - 1][:N_ROW_FIELDS].clone(), self.lrs[-1][0], self.steps[-1]
 
     @property
     def full(self) -> bool:
@@ -100,21 +149,25 @@ class StepBuffer:
         return time.monotonic() - self.started
 
     def take(self) -> StepBatch | None:
-        """Hand the filled rows over and switch to a free slot (blocks only if all are in use)."""
+        """Hand the filled rows over and switch to a free slot (blocks only if all are in use).
+
+        The slot is not written again until the writer thread has read it and put it back in
+        `free`, so on the CPU the batch is a view of the buffer, not a copy.
+        """
         if self.n == 0:
             return None
-        src = self.device_rows[self.slot][: self.n]
+        rows = self.device_rows[self.slot][: self.n]
         host = self.host_rows[self.slot]
         ready = None
         if host is not None:
-            rows = host[: self.n]
-            rows.copy_(src, non_blocking=True)
+            host_rows = host[: self.n]
+            host_rows.copy_(rows, non_blocking=True)
+            rows = host_rows
             ready = torch.cuda.Event()
             ready.record()
-        else:
-            rows = src.clone()
         batch = StepBatch(rows, ready, self.steps, self.epochs, self.wall_times, self.lrs,
                           self.max_values, self.free, self.slot)
         self.slot = self.free.get()
+        self._views = self._row_views[self.slot]
         self._reset()
         return batch

@@ -3,11 +3,16 @@
 A clipper gets the gradients and their pre-clip norms, modifies the gradients in place, and
 returns (post-clip total norm, threshold in effect). Thresholds live in device tensors so that a
 change from the dashboard is a tensor fill, never a recompile or a sync.
+
+The tracker calls `record`, which also writes post, coefficient and threshold into its staging
+row; the default derives them from `apply`, and NormClipper computes them in place with the
+same kernels as `clip_grad_norm_` (so its results are bit for bit those of clip_grad_norm_).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,9 +35,19 @@ class Clipper:
         self.device = device
         self.threshold = torch.full((), math.nan, device=device)
 
-    def apply(self, grads: list[Tensor], params: list[Tensor], per_param: Tensor,
+    def apply(self, grads: list[Tensor], params: Sequence[Tensor], per_param: Tensor,
               total: Tensor, norm_type: float) -> tuple[Tensor, Tensor]:
         return total, self.threshold
+
+    def record(self, grads: list[Tensor], params: Sequence[Tensor], per_param: Tensor,
+               total: Tensor, norm_type: float, post: Tensor, coef: Tensor,
+               threshold: Tensor) -> None:
+        """Clip, then write the post-clip norm, post/pre (1 when pre is 0) and the threshold
+        into the 0-d tensors `post`, `coef` and `threshold` (views of the tracker's row)."""
+        post_norm, thresh = self.apply(grads, params, per_param, total, norm_type)
+        post.copy_(post_norm)
+        coef.copy_(torch.where(total > 0, post_norm / total, torch.ones_like(total)))
+        threshold.copy_(thresh)
 
     def set(self, key: str, value: float) -> float:
         """Change a threshold from the next step; returns the old value."""
@@ -60,12 +75,25 @@ class NormClipper(Clipper):
         # A host copy for reporting; the device tensor is what the hot path reads.
         self._host = float(max_norm)
 
-    def apply(self, grads: list[Tensor], params: list[Tensor], per_param: Tensor,
+    def apply(self, grads: list[Tensor], params: Sequence[Tensor], per_param: Tensor,
               total: Tensor, norm_type: float) -> tuple[Tensor, Tensor]:
-        coef = torch.clamp(self.threshold / (total + EPS), max=1.0)
+        post, coef, threshold = (torch.empty_like(total) for _ in range(3))
+        self.record(grads, params, per_param, total, norm_type, post, coef, threshold)
+        return post, threshold
+
+    def record(self, grads: list[Tensor], params: Sequence[Tensor], per_param: Tensor,
+               total: Tensor, norm_type: float, post: Tensor, coef: Tensor,
+               threshold: Tensor) -> None:
+        # clip_grad_norm_'s arithmetic (max_norm / (total + eps) is reciprocal() * max_norm in
+        # torch), in place: the same bits as clip_grad_norm_ for 2 fewer allocations.
+        torch.add(total, EPS, out=coef)
+        coef.reciprocal_().mul_(self.threshold).clamp_(max=1.0)
         if grads:
-            torch._foreach_mul_(grads, coef.to(grads[0].dtype))
-        return total * coef, self.threshold
+            dtype = grads[0].dtype
+            torch._foreach_mul_(grads, coef if dtype == coef.dtype else coef.to(dtype))
+        # Derived, not recomputed: the norm of the scaled gradients is the scaled norm.
+        torch.mul(total, coef, out=post)
+        threshold.copy_(self.threshold)
 
     def set(self, key: str, value: float) -> float:
         if key != "max_norm":
@@ -97,7 +125,7 @@ class ValueClipper(Clipper):
         super().__init__(device)
         self.max_value = float(max_value)
 
-    def apply(self, grads: list[Tensor], params: list[Tensor], per_param: Tensor,
+    def apply(self, grads: list[Tensor], params: Sequence[Tensor], per_param: Tensor,
               total: Tensor, norm_type: float) -> tuple[Tensor, Tensor]:
         if not grads:
             return total, self.threshold

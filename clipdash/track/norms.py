@@ -19,11 +19,14 @@ def as_norm_type(norm_type: float | str) -> float:
     return value
 
 
-def per_param_norms(grads: list[Tensor], norm_type: float) -> Tensor:
-    """float32 vector of each gradient's norm (one kernel launch per device and dtype group)."""
+def per_param_norms(grads: list[Tensor], norm_type: float, out: Tensor | None = None) -> Tensor:
+    """float32 vector of each gradient's norm (one kernel launch per device and dtype group).
+
+    With `out` (a float32 vector of len(grads)), the norms are written there, allocating nothing.
+    """
     if not grads:
-        return torch.zeros(0)
-    return torch.stack(torch._foreach_norm(grads, norm_type, dtype=torch.float32))
+        return torch.zeros(0) if out is None else out
+    return torch.stack(torch._foreach_norm(grads, norm_type, dtype=torch.float32), out=out)
 
 
 def total_from_per_param(per_param: Tensor, norm_type: float) -> Tensor:

@@ -41,12 +41,12 @@ class Steering:
         """`step` is the first step the command affects."""
         if cmd.action == "pause":
             if self.paused:
-                return Outcome(True, "already paused")
+                return Outcome(True, f"already paused before step {step}")
             self.paused = True
             return Outcome(True, f"paused before step {step}", {"action": "pause"})
         if cmd.action == "resume":
             if not self.paused:
-                return Outcome(True, "already running")
+                return Outcome(True, "not paused: nothing to resume")
             self.paused = False
             return Outcome(True, f"resumed at step {step}", {"action": "resume"})
         if cmd.action == "stop":
@@ -66,14 +66,19 @@ class Steering:
             value = float(text if text is not None else "")
         except ValueError:
             return Outcome(False, f"{key}: {text!r} is not a number")
-        if not math.isfinite(value) or value < 0 or (value == 0 and key != "lr"):
-            return Outcome(False, f"{key}: {text} is out of range")
+        if not math.isfinite(value) or value <= 0:
+            # lr = 0 too: a schedule scaled by zero can never be scaled back (pause instead).
+            return Outcome(False, f"{key}: must be a finite number > 0, got {text}")
         if key == "lr":
             old = current_lrs(self.optimizer)[0]
-            if old == 0:
-                return Outcome(False, "lr: the current LR is 0, so the schedule cannot be scaled")
+            if not old > 0 or not math.isfinite(old):
+                return Outcome(False, f"lr: the current LR is {old:g}, so the schedule cannot "
+                                      "be scaled")
             scale_lr(self.optimizer, self.scheduler, value / old)
         else:
-            old = self.clipper.set(key, value)
+            try:  # clippers check their own ranges (an adaptive percentile must be <= 100)
+                old = self.clipper.set(key, value)
+            except (ValueError, KeyError) as exc:
+                return Outcome(False, f"{key}: {exc}")
         data = {"action": "set", "key": key, "old": old, "new": value}
         return Outcome(True, f"{key} {old:g} -> {value:g} from step {step}", data)

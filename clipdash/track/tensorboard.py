@@ -1,38 +1,40 @@
-"""TensorBoard sink: tensorboard's own event writer, one event per step carrying every scalar.
+"""TensorBoard sink: a run's records as events.out.tfevents.* in the run directory.
 
-`SummaryWriter.add_scalar` writes one event per value (~80 us each); packing a step's ten or so
-scalars and its per-parameter histogram into one event costs a few microseconds per value.
+Each training step is one event carrying every scalar and the per-parameter histogram. The steps
+of a batch are encoded together with numpy (`tfrecord`), so a step costs a few microseconds of the
+writer thread; `SummaryWriter.add_scalar` costs tens of microseconds per value. Evaluations,
+text events and extensions' values are rare and go through tensorboard's protobuf classes.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
 import time
 from collections.abc import Sequence
+from io import BufferedWriter
 from pathlib import Path
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from clipdash.track import tfrecord
+from clipdash.track.tfrecord import Layout
 
 TEXT_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
 HISTOGRAM_BINS = 30
+_file_ids = itertools.count()
 
-
-def _scalar(tag: str, value: float) -> summary_pb2.Summary.Value:
-    return summary_pb2.Summary.Value(tag=tag, simple_value=value)
-
-
-def _histogram(tag: str, values: np.ndarray) -> summary_pb2.Summary.Value | None:
-    values = values[np.isfinite(values)].astype(np.float64)
-    if values.size == 0:
-        return None
-    counts, edges = np.histogram(values, bins=min(HISTOGRAM_BINS, max(1, values.size)))
-    proto = summary_pb2.HistogramProto(
-        min=float(values.min()), max=float(values.max()), num=float(values.size),
-        sum=float(values.sum()), sum_squares=float(np.dot(values, values)),
-        bucket_limit=edges[1:].tolist(), bucket=counts.astype(np.float64).tolist())
-    return summary_pb2.Summary.Value(tag=tag, histo=proto)
+# Scalar tags of every step, and the step column each comes from.
+STEP_SCALARS = (
+    ("loss/train", "loss"),
+    ("grad_norm/pre_clip", "grad_norm_pre"),
+    ("grad_norm/post_clip", "grad_norm_post"),
+    ("clip/coef", "clip_coef"),
+    ("clip/clipped", "clipped"),
+)
 
 
 def _text(tag: str, text: str) -> summary_pb2.Summary.Value:
@@ -44,61 +46,157 @@ def _text(tag: str, text: str) -> summary_pb2.Summary.Value:
     return summary_pb2.Summary.Value(tag=tag, metadata=TEXT_METADATA, tensor=tensor)
 
 
+def histograms(values: np.ndarray, bins: int) -> dict[str, np.ndarray]:
+    """One histogram per row over its finite values, as np.histogram(row, bins) computes it.
+
+    Returns min, max, num, sum, sum_squares ([n]) and bucket_limit, bucket ([n, bins]).
+    Rows without a finite value have num == 0.
+    """
+    v = values.astype(np.float64)
+    finite = np.isfinite(v)
+    num = finite.sum(axis=1)
+    lo = np.where(finite, v, np.inf).min(axis=1)
+    hi = np.where(finite, v, -np.inf).max(axis=1)
+    empty = num == 0
+    lo[empty], hi[empty] = 0.0, 1.0
+    zero = np.where(finite, v, 0.0)
+    # np.histogram's range for a single distinct value, and its edges and bin search.
+    first = np.where(lo == hi, lo - 0.5, lo)
+    last = np.where(lo == hi, hi + 0.5, hi)
+    edges = np.linspace(first, last, bins + 1, axis=1)
+    norm = bins / (last - first)
+    idx = ((zero - first[:, None]) * norm[:, None]).astype(np.intp)
+    idx = np.clip(idx, 0, bins - 1)
+    rows = np.arange(len(v))[:, None]
+    idx -= zero < edges[rows, idx]
+    idx += (zero >= edges[rows, idx + 1]) & (idx != bins - 1)
+    flat = (rows * bins + idx)[finite]
+    counts = np.bincount(flat, minlength=len(v) * bins).reshape(len(v), bins)
+    return {"min": lo, "max": hi, "num": num.astype(np.float64), "sum": zero.sum(axis=1),
+            "sum_squares": np.einsum("ij,ij->i", zero, zero), "bucket_limit": edges[:, 1:],
+            "bucket": counts.astype(np.float64)}
+
+
 class TensorBoardSink:
     """Writes a run's records as events.out.tfevents.* in the run directory."""
 
     def __init__(self, run_dir: str | Path, param_names: Sequence[str],
                  per_param_scalars: bool = False, purge_from: int | None = None) -> None:
-        self.writer = EventFileWriter(str(run_dir), max_queue_size=1024, flush_secs=5)
         self.param_names = list(param_names)
         self.per_param_scalars = per_param_scalars
+        self.bins = max(1, min(HISTOGRAM_BINS, len(self.param_names)))
+        self._layouts: dict[tuple[int, int, bool, bool, bool], Layout] = {}
+        self.file: BufferedWriter = self._open(Path(run_dir))
+        self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_from is not None:
             # TensorBoard drops events at or after this step from earlier files: a resumed run
             # keeps one value per step instead of two overlapping lines.
-            self.writer.add_event(event_pb2.Event(
+            self._write_event(event_pb2.Event(
                 wall_time=time.time(), step=purge_from,
                 session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        self.file.flush()
+
+    @staticmethod
+    def _open(run_dir: Path) -> BufferedWriter:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        while True:  # the name TensorBoard expects: events.out.tfevents.<time>.<host>.<pid>.<n>
+            name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                    f"{os.getpid()}.{next(_file_ids)}")
+            try:
+                return open(run_dir / name, "xb")  # noqa: SIM115 - closed by close()
+            except FileExistsError:
+                continue
+
+    # -- steps, batched ------------------------------------------------------------------------
+
+    def _layout(self, step_width: int, n_groups: int, has_max_norm: bool, has_hist: bool,
+                has_params: bool) -> Layout:
+        key = (step_width, n_groups, has_max_norm, has_hist, has_params)
+        layout = self._layouts.get(key)
+        if layout is None:
+            values = [tfrecord.scalar_value(tag, col) for tag, col in STEP_SCALARS]
+            if has_max_norm:
+                values.append(tfrecord.scalar_value("clip/max_norm", "max_norm"))
+            values.extend(tfrecord.scalar_value(f"lr/group_{g}", f"lr{g}")
+                          for g in range(n_groups))
+            if has_hist:
+                values.append(tfrecord.histogram_value("grad_norm/per_param", "h", self.bins))
+            if has_params and self.per_param_scalars:
+                values.extend(tfrecord.scalar_value(f"grad_norm/param/{name}", f"p{i}")
+                              for i, name in enumerate(self.param_names))
+            layout = self._layouts[key] = tfrecord.event_layout(step_width, values)
+        return layout
 
     def write_steps(self, cols: dict[str, np.ndarray]) -> None:
-        lr_groups = cols["lr_groups"]
+        steps = np.asarray(cols["step"], np.int64)
+        n = len(steps)
+        if n == 0:
+            return
+        lr_groups = np.asarray(cols["lr_groups"], np.float64).reshape(n, -1)
         norms = cols.get("param_norms")
-        for i, step in enumerate(cols["step"].tolist()):
-            values = [
-                _scalar("loss/train", float(cols["loss"][i])),
-                _scalar("grad_norm/pre_clip", float(cols["grad_norm_pre"][i])),
-                _scalar("grad_norm/post_clip", float(cols["grad_norm_post"][i])),
-                _scalar("clip/coef", float(cols["clip_coef"][i])),
-                _scalar("clip/clipped", float(cols["clipped"][i])),
-            ]
-            threshold = float(cols["max_norm"][i])
-            if threshold == threshold:
-                values.append(_scalar("clip/max_norm", threshold))
-            values.extend(_scalar(f"lr/group_{g}", float(lr)) for g, lr in enumerate(lr_groups[i]))
-            if norms is not None:
-                hist = _histogram("grad_norm/per_param", norms[i])
-                if hist is not None:
-                    values.append(hist)
-                if self.per_param_scalars:
-                    values.extend(_scalar(f"grad_norm/param/{name}", float(v))
-                                  for name, v in zip(self.param_names, norms[i], strict=True))
-            self._emit(step, float(cols["wall_time"][i]), values)
+        f32 = {col: tfrecord.as_bytes(np.asarray(cols[col], np.float32), "<f4")
+               for _, col in STEP_SCALARS}
+        f32["max_norm"] = tfrecord.as_bytes(np.asarray(cols["max_norm"], np.float32), "<f4")
+        for g in range(lr_groups.shape[1]):
+            f32[f"lr{g}"] = tfrecord.as_bytes(lr_groups[:, g].astype(np.float32), "<f4")
+        f32["wall_time"] = tfrecord.as_bytes(np.asarray(cols["wall_time"], np.float64), "<f8")
+        has_hist = np.zeros(n, bool)
+        if norms is not None and norms.shape[1] > 0:
+            hist = histograms(norms, self.bins)
+            has_hist = hist["num"] > 0
+            for name, data in hist.items():
+                f32[f"h.{name}"] = tfrecord.as_bytes(data, "<f8")
+            if self.per_param_scalars:
+                for i in range(norms.shape[1]):
+                    f32[f"p{i}"] = tfrecord.as_bytes(norms[:, i].astype(np.float32), "<f4")
+        widths = tfrecord.varint_len(steps)
+        has_max_norm = ~np.isnan(np.asarray(cols["max_norm"], np.float64))
+        # Rows with the same layout are encoded together; runs of them are written in step order
+        # (TensorBoard drops values when a tag's step goes backwards).
+        group = widths * 4 + has_max_norm * 2 + has_hist
+        framed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for g in np.unique(group).tolist():
+            rows = np.flatnonzero(group == g)
+            width = int(widths[rows[0]])
+            layout = self._layout(width, lr_groups.shape[1], bool(has_max_norm[rows[0]]),
+                                  bool(has_hist[rows[0]]), norms is not None)
+            values = {name: data[rows] for name, data in f32.items() if name in layout.slots}
+            values["step"] = tfrecord.varint_rows(steps[rows], width)
+            framed[g] = (rows, tfrecord.frame_rows(layout.fill(len(rows), values)))
+        if len(framed) == 1:
+            self.file.write(next(iter(framed.values()))[1].tobytes())
+        else:
+            position = {g: np.searchsorted(rows, np.arange(n)) for g, (rows, _) in framed.items()}
+            starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+            for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), n], strict=True):
+                g = int(group[start])
+                out = framed[g][1]
+                self.file.write(out[position[g][start]:position[g][start] + stop - start]
+                                .tobytes())
+        self.file.flush()
+
+    # -- rare records --------------------------------------------------------------------------
 
     def write_eval(self, step: int, metrics: dict[str, float]) -> None:
-        self._emit(step, time.time(), [_scalar(f"{k}/val", float(v)) for k, v in metrics.items()])
+        self.write_raw(step, [summary_pb2.Summary.Value(tag=f"{k}/val", simple_value=float(v))
+                              for k, v in metrics.items()])
 
     def write_event(self, step: int | None, kind: str, message: str) -> None:
-        self._emit(step or 0, time.time(), [_text("events", f"[{kind}] {message}")])
+        self.write_raw(step or 0, [_text("events", f"[{kind}] {message}")])
 
     def write_raw(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
         """For extensions (sweep hyperparameters): already-built summary values."""
-        self._emit(step, time.time(), values)
+        self._write_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                          summary=summary_pb2.Summary(value=values)))
+        self.file.flush()
+
+    def _write_event(self, event: event_pb2.Event) -> None:
+        self.file.write(tfrecord.frame(event.SerializeToString()))
 
     def flush(self) -> None:
-        self.writer.flush()
+        if not self.file.closed:
+            self.file.flush()
 
     def close(self) -> None:
-        self.writer.close()
-
-    def _emit(self, step: int, wall_time: float, values: list[summary_pb2.Summary.Value]) -> None:
-        self.writer.add_event(event_pb2.Event(
-            wall_time=wall_time, step=step, summary=summary_pb2.Summary(value=values)))
+        if not self.file.closed:
+            self.file.close()

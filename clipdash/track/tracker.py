@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -35,15 +36,16 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from clipdash.store.commands import reject_pending
 from clipdash.store.layout import DEFAULT_RUNS_DIR, is_run_dir
 from clipdash.store.writer import RunWriter
-from clipdash.track.buffer import FIELDS, N_FIELDS, StepBuffer
+from clipdash.track.buffer import StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
 from clipdash.track.lr import current_lrs
-from clipdash.track.norms import as_norm_type, per_param_norms, scatter_norms, total_from_per_param
+from clipdash.track.norms import as_norm_type, per_param_norms
 from clipdash.track.steering import Steering
 from clipdash.track.tensorboard import TensorBoardSink
-from clipdash.track.writer import WriterThread
+from clipdash.track.writer import Command, WriterThread
 
 NONFINITE_POLICIES = ("skip", "stop", "continue")
 PAUSE_POLL_S = 0.05
@@ -68,7 +70,8 @@ class Tracker:
             "stop" (end the run), "continue" (update anyway, as clip_grad_norm_ would).
         checkpoint: called with a reason ("pause", "stop") so that pausing and stopping leave
             a checkpoint; `clipdash run` passes its checkpointer.
-        start_step: first step index (a resumed run); steps after it are rewritten.
+        start_step: first step index. When `run_dir` already holds a record (a resumed run),
+            what it has at or after start_step is replaced; with 0, the record starts over.
         record: False on non-zero ranks: clip and obey, but write nothing.
     """
 
@@ -114,11 +117,13 @@ class Tracker:
         self.steering = Steering(self.clipper, optimizer, scheduler)
         self.step_index = start_step
         self.epoch = 0
-        self._stats: Tensor | None = None
+        self._staged = False  # clip() measured this step into the buffer's staging row
+        self._present: tuple[tuple[int, ...], Tensor] | None = None
         self._lrs: list[float] = []
         self._last_finite = True
         self._latest_row: tuple[Tensor, float, int] | None = None
         self._closed = False
+        self._pause_ready = False
         self._signal_handlers: dict[int, Any] = {}
         self.buffer = StepBuffer(self.device, len(self.params), buffer_steps)
         self.run_dir = Path(run_dir) if run_dir else Path(runs_dir) / (name or default_run_name())
@@ -149,11 +154,20 @@ class Tracker:
             thread = WriterThread(None, None)
             thread.start()
             return thread
-        resume = start_step > 0 and is_run_dir(self.run_dir)
+        # An existing record is continued from start_step: what a crash left after it is
+        # replaced, not duplicated (start_step 0 starts the record over).
+        resume = is_run_dir(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         store = RunWriter(self.run_dir, resume=resume)
+        kept_events: list[tuple[int, str, str]] = []
         if resume:
             store.truncate_after(start_step - 1)
+            reject_pending(store.conn, f"expired: the run restarted at step {start_step}")
+            # TensorBoard's purge marker drops everything at >= start_step from older files,
+            # including the events recorded at start_step before the checkpoint: repeat those.
+            kept_events = store.conn.execute(
+                "SELECT step, kind, message FROM events WHERE step = ? ORDER BY id",
+                (start_step,)).fetchall()
         names = [n for n, _ in self.named_params]
         store.set_params([(n, tuple(p.shape)) for n, p in self.named_params])
         store.set_meta(name=self.run_dir.name, clip_mode=self.clipper.mode,
@@ -161,12 +175,14 @@ class Tracker:
                        nonfinite=self.nonfinite, n_groups=len(self.optimizer.param_groups),
                        optimizer=type(self.optimizer).__name__,
                        scheduler=type(self.scheduler).__name__ if self.scheduler else None,
-                       **meta)
+                       settable=list(self.steering.settable()), **meta)
         store.start(total_steps)
         board = None
         if tensorboard:
             board = TensorBoardSink(self.run_dir, names, per_param_scalars,
                                     purge_from=start_step if resume else None)
+            for step, kind, message in kept_events:
+                board.write_event(step, kind, message)
         thread = WriterThread(store, board, with_params=record_params)
         thread.start()
         return thread
@@ -174,32 +190,33 @@ class Tracker:
     # -- the hot path ----------------------------------------------------------------------
 
     def clip(self) -> bool:
-        """Measure and clip the gradients; False when the optimizer step must be skipped."""
-        grads, present = [], []
-        for i, p in enumerate(self.params):
-            if p.grad is not None:
-                grads.append(p.grad)
-                present.append(i)
-        params = self.params if len(present) == len(self.params) else [
-            self.params[i] for i in present]
-        per = per_param_norms(grads, self.norm_type)
-        if per.device != self.device:
-            per = per.to(self.device)
-        total = total_from_per_param(per, self.norm_type)
-        post, threshold = self.clipper.apply(grads, params, per, total, self.norm_type)
-        coef = torch.where(total > 0, post / total, torch.ones_like(total))
-        finite = torch.isfinite(total)
-        clipped = coef < 1.0
-        self._stats = torch.cat([
-            torch.stack([total, post, coef, threshold.to(total.dtype), finite.float(),
-                         clipped.float()]),
-            scatter_norms(per, present, len(self.params)),
-        ])
+        """Measure and clip the gradients; False when the optimizer step must be skipped.
+
+        The norms, the post-clip norm, the coefficient and the threshold are written with `out=`
+        kernels into the buffer's staging row; nothing is read back to the host unless
+        `nonfinite` is "skip" or "stop" (one read of the pre-clip norm: skipping is a host
+        decision).
+        """
+        buf = self.buffer
+        params = self.params
+        grads = [p.grad for p in params if p.grad is not None]
+        if len(grads) == len(params):
+            per = per_param_norms(grads, self.norm_type, out=buf.per_param)
+        else:
+            params, per = self._partial_norms(grads)
+        if grads:  # the norm of the norms of the present gradients, as clip_grad_norm_ does
+            torch.linalg.vector_norm(per, self.norm_type, out=buf.pre)
+        else:
+            buf.pre.zero_()
+        self.clipper.record(grads, params, per, buf.pre, self.norm_type, buf.post, buf.coef,
+                            buf.threshold)
         self._lrs = current_lrs(self.optimizer)
+        self._staged = True
         if self.nonfinite == "continue":
             return True
-        # The one host read on the hot path: skipping an optimizer step is a host decision.
-        self._last_finite = bool(finite)
+        # The one host read on the hot path (documented in DESIGN.md): on CUDA it waits for the
+        # norm; reading the value is cheaper than an isfinite kernel plus the same wait.
+        self._last_finite = math.isfinite(buf.pre.item())
         if not self._last_finite:
             if grads:
                 torch._foreach_zero_(grads)
@@ -209,21 +226,32 @@ class Tracker:
                        f"{'stopping' if self.nonfinite == 'stop' else 'step skipped'}")
         return self._last_finite
 
+    def _partial_norms(self, grads: list[Tensor]) -> tuple[list[nn.Parameter], Tensor]:
+        """Some parameters have no gradient this step: their recorded norm is 0."""
+        present = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
+        per = per_param_norms(grads, self.norm_type)
+        full = self.buffer.per_param
+        full.zero_()
+        if grads:
+            if self._present is None or self._present[0] != present:
+                self._present = (present, torch.tensor(present, device=full.device))
+            full.index_copy_(0, self._present[1], per.to(full.device))
+        return [self.params[i] for i in present], per
+
     def step(self, loss: Tensor | float, epoch: int | None = None) -> None:
         """Record this step (loss and what `clip` measured), then apply pending commands."""
         if epoch is not None:
             self.epoch = epoch
-        if self._stats is None:
-            self._stats = torch.full((N_FIELDS - 1 + len(self.params),), math.nan,
-                                     device=self.device)
+        buf = self.buffer
+        if not self._staged:  # recorded without clip(): nothing measured
+            buf.clear_measurements()
             self._lrs = current_lrs(self.optimizer)
         if isinstance(loss, Tensor):
-            loss_row = loss.detach().reshape(1).to(self.device, torch.float32)
+            buf.loss.copy_(loss.detach())
         else:
-            loss_row = torch.tensor([float(loss)], device=self.device)
-        row = torch.cat([loss_row, self._stats])
-        self.buffer.append(row, self.step_index, self.epoch, self._lrs, self._max_value())
-        self._stats = None
+            buf.loss.fill_(float(loss))
+        buf.commit(self.step_index, self.epoch, self._lrs, self._max_value())
+        self._staged = False
         self.step_index += 1
         if self.buffer.full or self.buffer.age() >= self.flush_secs:
             self.flush(wait=False)
@@ -239,7 +267,7 @@ class Tracker:
 
     # -- records off the hot path ---------------------------------------------------------
 
-    def log_eval(self, metrics: dict[str, float | Tensor], step: int | None = None) -> None:
+    def log_eval(self, metrics: Mapping[str, float | Tensor], step: int | None = None) -> None:
         """Record evaluation metrics (e.g. {"loss": 0.3, "accuracy": 0.9}) at `step`.
 
         The default step is the last recorded one, so an eval drawn after step N sits at N.
@@ -276,12 +304,10 @@ class Tracker:
         if self._latest_row is None:
             return {}
         row, lr, step = self._latest_row
-        return dict(zip(FIELDS, row.tolist(), strict=True), lr=lr, step=step)
+        return dict(row_values(row.tolist()), lr=lr, step=step)
 
     def _keep_latest(self) -> None:
-        buf = self.buffer
-        self._latest_row = (buf.device_rows[buf.slot][buf.n - 1, :N_FIELDS].clone(),
-                            buf.lrs[-1][0], buf.steps[-1])
+        self._latest_row = self.buffer.last_row()
 
     def state_dict(self) -> dict[str, Any]:
         """Control state for checkpoints: thresholds in effect and the next step."""
@@ -299,22 +325,40 @@ class Tracker:
     def _apply_commands(self) -> None:
         while self.writer.inbox:
             cmd = self.writer.inbox.popleft()
+            was_paused = self.steering.paused
             outcome = self.steering.apply(cmd, self.step_index)
             if outcome.event is not None:
+                origin = cmd.value if cmd.source == "signal" and cmd.value else cmd.source
                 data = dict(outcome.event, source=cmd.source, command=cmd.id)
-                self.event("control", f"{outcome.message} ({cmd.source})", data)
-            self.writer.put("resolve", (cmd.id, outcome.applied, self.step_index, outcome.message))
+                self.event("control", f"{outcome.message} ({origin})", data)
+            if self.steering.paused and not was_paused:
+                self._enter_pause()  # acknowledged once flushed, checkpointed and marked paused
+            elif self.steering.paused and outcome.event is not None:
+                self._checkpoint("pause")  # a change made while paused is on disk at once
+            elif was_paused and not self.steering.paused and not self.steering.stop_requested:
+                self._set_state("running")
+            if cmd.id > 0:
+                self.writer.put("resolve",
+                                (cmd.id, outcome.applied, self.step_index, outcome.message))
 
-    def _wait_while_paused(self) -> None:
+    def _enter_pause(self) -> None:
         self.flush()
         self._checkpoint("pause")
         self._set_state("paused")
+        self._pause_ready = True
+
+    def _wait_while_paused(self) -> None:
+        """Block at this step boundary, applying commands, until resumed or stopped.
+
+        The writer thread keeps beating the heartbeat meanwhile, so the run reads "paused".
+        """
+        if not self._pause_ready:
+            self._enter_pause()
         while self.steering.paused:
             time.sleep(PAUSE_POLL_S)
             if self.writer.inbox:
                 self._apply_commands()
-        if not self.steering.stop_requested:
-            self._set_state("running")
+        self._pause_ready = False
 
     def _checkpoint(self, reason: str) -> None:
         if self.checkpoint_fn is not None:
@@ -336,21 +380,41 @@ class Tracker:
                 raise KeyboardInterrupt
             self.request_stop()
             self.steering.paused = False
+            # Recorded as a control event at the step boundary (a deque append is signal-safe).
+            self.writer.inbox.append(
+                Command(0, "signal", "stop", None, signal.Signals(signum).name))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._signal_handlers[sig] = signal.signal(sig, on_signal)
 
     # -- closing ---------------------------------------------------------------------------
 
-    def close(self, state: str | None = None, message: str | None = None) -> None:
-        """Flush everything and mark the run finished (or stopped / failed)."""
+    def close(self, state: str | None = None, message: str | None = None, *,
+              checkpoint: bool = True) -> None:
+        """Flush everything and mark the run finished (or stopped / failed).
+
+        A stopped run checkpoints first (unless `checkpoint` is False: after an interrupt in
+        the middle of a step, the state is not at a step boundary). Commands still queued are
+        rejected, so a later resume does not obey them.
+        """
         if self._closed:
             return
         self._closed = True
+        late = [c for c in self.writer.inbox if c.source == "signal"]
+        self.writer.inbox.clear()
+        if late:  # a signal after the last step boundary: record it all the same
+            self.writer.inbox.extend(late)
+            self._apply_commands()
         final = state or ("stopped" if self.should_stop else "finished")
-        if final == "stopped":
-            self._checkpoint("stop")
+        if final == "stopped" and checkpoint:
+            try:
+                self._checkpoint("stop")
+            except Exception as exc:  # noqa: BLE001 - the record must still be closed
+                message = f"stop checkpoint failed: {type(exc).__name__}: {exc}"
+                print(f"clipdash: {message}", file=sys.stderr)
         self.flush(wait=False)
+        why = f"the run ended ({final}) before applying it"
+        self.writer.put("call", lambda store, _tb: store and reject_pending(store.conn, why))
         self._set_state(final, message)
         self.writer.close()
         if self.writer.tensorboard:
@@ -368,7 +432,7 @@ class Tracker:
         if exc_type is None:
             self.close()
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("stopped", "interrupted")
+            self.close("stopped", "interrupted", checkpoint=False)
         else:
             self.close("failed", f"{exc_type.__name__}: {exc}")
 

@@ -13,7 +13,7 @@ from clipdash.store.layout import CONFIG_NAME
 from clipdash.store.reader import RunReader
 from clipdash.tui.buckets import Band
 from clipdash.tui.messages import DetailSnapshot, ParamInfo, ParamPanel
-from clipdash.tui.tail import Sig, Tail, file_sig
+from clipdash.tui.tail import Sig, Tail, db_path, file_sig
 
 DETAIL_COLUMNS = ("loss", "grad_norm_pre", "grad_norm_post", "max_norm", "lr", "clip_coef")
 PARAM_WINDOW = 2000  # steps of per-parameter norms shown (the most recent ones)
@@ -78,7 +78,7 @@ class DetailWatch:
 
     def tick(self) -> DetailSnapshot | None:
         first = self.reader is None
-        sig = file_sig(self.path)
+        sig = file_sig(db_path(self.path))
         params_due = (time.monotonic() - self.params_at >= PARAM_EVERY_S
                       and self.params_step != self.tail.last_step)
         if not first and sig == self.sig and not params_due:

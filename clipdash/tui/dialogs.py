@@ -92,35 +92,27 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 HELP = """\
-[b]clipdash watch[/b]: every run in the runs directory, live.
+[b]Run list[/b]   ↑↓ / mouse select · Enter open the run view · ← → scroll columns
+           space mark · c compare marked runs · / filter · Esc clear filter
+[b]Steering[/b]   (the selected run, in the list or the run view)
+           p pause / resume · m set max_norm · l set LR · s stop (asks first)
+           The trainer applies a command at its next step and acknowledges it.
+[b]Run view[/b]   1 2 3 4 plots / params / events / config · y y-scale auto/log/linear
+           Esc back to the list
+[b]Compare[/b]    n next metric in the lower plot · y y-scale · Esc back
 
-[b]Run list[/b]
-  ↑ ↓ / mouse    select a run            Enter    open the run view
-  space          mark for comparison     c        compare marked runs
-  /              filter by name/status   Esc      clear the filter
-  ← →            scroll the columns
+[b]Columns[/b]  grad norm: total pre-clip norm at the last step · clip%: share of
+  the last 100 steps that were clipped · ~: sparklines over the whole run (grad
+  norm keeps each bucket's max, so spikes show) · it/s: steps per second.
+[b]Markers[/b]  under plots: [bold cyan]▲[/] control  [bold red]✖[/] non-finite  \
+[green]◆[/] checkpoint
 
-[b]Steering[/b] (list or run view: the selected run)
-  p              pause / resume          s        stop (asks first)
-  m              set max_norm            l        set the learning rate
-  The trainer applies a command at its next step boundary and acknowledges it.
-
-[b]Run view[/b]
-  1 2 3 4        plots, params, events, config tabs
-  y              y scale: auto → log → linear
-  Esc            back to the list
-
-[b]Columns[/b]  grad norm: total pre-clip gradient norm of the last step; clip%: share of
-  the last 100 steps that were clipped; ~: sparklines over the whole run (grad norm:
-  max per bucket, so spikes show). Plot markers: [bold cyan]▲[/] control [bold red]✖[/] non-finite
-  [green]◆[/] checkpoint.
-
-  ?  this help        q  quit
+  ? or Esc closes this help · q quits
 """
 
 
 class HelpScreen(ModalScreen[None]):
-    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen").replace("width: 64;", "width: 92;")
+    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen").replace("width: 64;", "width: 84;")
     BINDINGS = [
         Binding("escape", "close", "close"),
         Binding("question_mark", "close", "close", show=False),

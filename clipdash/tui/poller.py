@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,12 @@ from clipdash.tui.messages import (
     RunRow,
     RunsUpdated,
 )
-from clipdash.tui.tail import Sig, Tail, file_sig
+from clipdash.tui.tail import Sig, Tail, db_path, file_sig
 
 POLL_S = 0.25
 DISCOVER_S = 1.0
 RECHECK_S = 2.0  # re-read a live run now and then even if its files look unchanged
+FINAL_STAT_S = 2.0  # a finished run is only stat'ed this often (it may be resumed)
 INIT_BUDGET_S = 0.08  # whole-run sparkline scans per tick, so that live updates keep flowing
 SPARK_BUCKETS = 24
 CLIP_WINDOW = 100
@@ -56,9 +58,11 @@ class RunWatch:
     def __init__(self, path: Path, name: str) -> None:
         self.path = path
         self.name = name
+        self.db = db_path(path)
         self.reader: RunReader | None = None
         self.sig: Sig | None = None
         self.checked = 0.0
+        self.stated = -1e9
         self.status: dict[str, Any] = {}
         self.last_step: int | None = -2  # -2: never read
         self.values: dict[str, Any] = {}
@@ -82,11 +86,15 @@ class RunWatch:
             self.reader.close()
             self.reader = None
 
-    def poll(self, mono: float) -> None:
-        sig = file_sig(self.path)
+    def poll(self, mono: float) -> bool:
+        """Read what changed; False when nothing can have (so the row needs no rebuilding)."""
         live = self.state in LIVE_STATES or self.state is None
+        if not live and mono - self.stated < FINAL_STAT_S:
+            return False
+        self.stated = mono
+        sig = file_sig(self.db)
         if sig == self.sig and not (live and mono - self.checked > RECHECK_S):
-            return
+            return live  # a live run's status turns "lost" with time alone
         self.sig, self.checked = sig, mono
         reader = self.open()
         self.status = reader.status_row() or {}
@@ -102,6 +110,7 @@ class RunWatch:
                 self._take_spark()
         self.failures, self.error = 0, None
         self._close_if_done()
+        return True
 
     def load_spark(self) -> None:
         reader = self.open()
@@ -118,7 +127,7 @@ class RunWatch:
         since the last connection's close checkpoints the WAL)."""
         if self.state is not None and self.state not in LIVE_STATES and self.spark.ready:
             self.close()
-            self.sig = file_sig(self.path)
+            self.sig = file_sig(self.db)
 
     def make_row(self, now: float) -> RunRow:
         st = self.status
@@ -147,7 +156,7 @@ class CompareWatch:
     def tick(self) -> dict[str, dict[str, Band]] | None:
         changed = False
         for path, tail in self.tails.items():
-            sig = file_sig(Path(path))
+            sig = file_sig(db_path(Path(path)))
             if sig == self.sigs.get(path) and tail.ready:
                 continue
             self.sigs[path] = sig
@@ -227,7 +236,7 @@ class Poller(threading.Thread):
             self._discovered = mono
             removed = self._discover()
         changed = [row for w in self.watches.values()
-                   if (row := self._refresh(w, lambda w=w: w.poll(mono), now))]
+                   if (row := self._refresh(w, partial(w.poll, mono), now))]
         if changed or removed:
             self.post(RunsUpdated(tuple(changed), removed))
         backlog = self._load_sparks(now)
@@ -235,10 +244,12 @@ class Poller(threading.Thread):
         self._guard("compare", self._compare_tick)
         return backlog
 
-    def _refresh(self, w: RunWatch, action: Callable[[], None], now: float) -> RunRow | None:
+    def _refresh(self, w: RunWatch, action: Callable[[], bool | None],
+                 now: float) -> RunRow | None:
         """Run `action` on a watch; the row it yields if that changed."""
         try:
-            action()
+            if action() is False:
+                return None
         except READ_ERRORS as exc:
             w.close()
             w.failures += 1

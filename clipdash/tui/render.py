@@ -1,6 +1,6 @@
 """Pure text renderers: sparklines, min/max downsampling, braille plots, compact numbers.
 
-No Textual here and no I/O, so every function is unit-tested by looking at the characters it returns.
+No Textual and no I/O here: every function is unit-tested by looking at the characters it returns.
 """
 
 from __future__ import annotations

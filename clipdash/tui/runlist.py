@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -47,10 +48,8 @@ class RunTable(DataTable[Text]):
 
     def drop(self, path: str) -> None:
         if self.shown.pop(path, None) is not None:
-            try:
+            with contextlib.suppress(RowDoesNotExist):
                 self.remove_row(path)
-            except RowDoesNotExist:
-                pass
 
     def selected_path(self) -> str | None:
         if self.row_count == 0:
@@ -132,13 +131,14 @@ class RunsScreen(Screen[None]):
     def update_title(self) -> None:
         rows = self.wapp.rows.values()
         live = sum(r.status in ("running", "paused") for r in rows)
-        text = Text.assemble(("clipdash watch", "bold"), f"  {self.wapp.runs_dir}  ",
-                             (f"{len(rows)} runs", "bold"), f", {live} live")
+        text = Text.assemble(("clipdash watch  ", "bold"), (f"{len(rows)} run{'s' * (len(rows) != 1)}", "bold"),
+                             f", {live} live")
         if self.needle:
             text.append(f"  filter: {self.needle!r} ({len(self.query_one(RunTable).shown)})",
                         style="yellow")
         if self.wapp.marks:
             text.append(f"  marked: {len(self.wapp.marks)}", style="cyan")
+        text.append(f"  {self.wapp.runs_dir}", style="dim")
         self.query_one("#title", Static).update(text)
 
     def show_status(self, text: Text | str) -> None:

@@ -18,12 +18,17 @@ FOLD_LIMIT = 20_000
 Sig = tuple[tuple[int, int] | None, ...]
 
 
-def file_sig(run_dir: Path) -> Sig:
-    """mtime and size of the database and its WAL: any commit changes one of them."""
+def db_path(run_dir: Path) -> str:
+    return os.path.join(run_dir, DB_NAME)
+
+
+def file_sig(db: str) -> Sig:
+    """mtime and size of the database (a path from `db_path`) and of its WAL: any commit
+    changes one of them. Two stats, no SQL: the cheap test that runs every tick."""
     out: list[tuple[int, int] | None] = []
-    for suffix in ("", "-wal"):
+    for name in (db, db + "-wal"):
         try:
-            st = os.stat(run_dir / (DB_NAME + suffix))
+            st = os.stat(name)
         except OSError:
             out.append(None)
         else:

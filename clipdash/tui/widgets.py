@@ -10,7 +10,7 @@ from textual.widget import Widget
 from clipdash.tui.messages import ParamPanel, RunRow
 from clipdash.tui.render import GUTTER, Line, Marker, fmt_num, fmt_step, render_plot, sparkline
 
-SPARK_W = 10
+SPARK_W = 8
 STATUS_STYLES = {
     "running": "bold green",
     "paused": "bold yellow",
@@ -52,15 +52,15 @@ def event_marker(step: int, kind: str) -> Marker:
 RUN_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("name", "run", None),
     ("status", "status", 8),
-    ("step", "step", 12),
+    ("step", "step", 11),
     ("loss", "loss", 7),
     ("grad", "grad norm", 9),
     ("max_norm", "max_norm", 8),
     ("clip", "clip%", 5),
-    ("grad_spark", "grad norm ~", max(SPARK_W, 11)),
+    ("grad_spark", "grad ~", SPARK_W),
     ("loss_spark", "loss ~", SPARK_W),
     ("lr", "lr", 7),
-    ("rate", "it/s", 6),
+    ("rate", "it/s", 5),
 )
 
 
@@ -71,7 +71,7 @@ def _right(text: str, style: str = "") -> Text:
 def row_cells(row: RunRow, marked: bool = False) -> tuple[Text, ...]:
     clip = "-" if row.clip_rate is None else f"{row.clip_rate * 100:.0f}%"
     return (
-        Text(("● " if marked else "  ") + elide(row.name, 32, keep="middle"),
+        Text(("● " if marked else "  ") + elide(row.name, 28, keep="middle"),
              style="bold" if marked else ""),
         Text(row.status, style=STATUS_STYLES.get(row.status, "")),
         _right(fmt_step(row.step, row.total)),
@@ -82,7 +82,7 @@ def row_cells(row: RunRow, marked: bool = False) -> tuple[Text, ...]:
         Text(sparkline(row.norm_spark, SPARK_W, "max"), style="yellow"),
         Text(sparkline(row.loss_spark, SPARK_W, "mean"), style="cyan"),
         _right(fmt_num(row.lr)),
-        _right(fmt_num(row.rate, 6)),
+        _right(fmt_num(row.rate, 5)),
     )
 
 
@@ -148,7 +148,7 @@ class Plot(Widget):
         super().__init__(id=id)
         self.title = title
         self.border_title = title
-        self.log: bool | None = None
+        self.log_scale: bool | None = None
         self._lines: tuple[Line, ...] = ()
         self._markers: tuple[Marker, ...] = ()
         self._cache: tuple[tuple[int, int, bool | None], Text] | None = None
@@ -169,14 +169,14 @@ class Plot(Widget):
         self.refresh()
 
     def set_log(self, log: bool | None) -> None:
-        if log != self.log:
-            self.log, self._cache = log, None
+        if log != self.log_scale:
+            self.log_scale, self._cache = log, None
             self.refresh()
 
     def render(self) -> Text:
         w, h = self.content_size
-        key = (w, h, self.log)
+        key = (w, h, self.log_scale)
         if self._cache is None or self._cache[0] != key:
-            rows = render_plot(self._lines, w, h, log=self.log, markers=self._markers)
+            rows = render_plot(self._lines, w, h, log=self.log_scale, markers=self._markers)
             self._cache = (key, Text("\n", no_wrap=True).join(rows))
         return self._cache[1]

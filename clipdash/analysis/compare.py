@@ -1,0 +1,45 @@
+"""Side-by-side comparison: the results table plus the chosen metric against max_norm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from clipdash.analysis.metrics import METRICS, RunMetrics
+from clipdash.analysis.textplot import plot
+
+MAX_NORM_KEY = "clip.max_norm"
+
+
+def series_name(run: RunMetrics) -> str:
+    """What a line of the plot stands for: everything but max_norm that tells the runs apart.
+
+    Sweep members carry their swept values (hparams); other runs are told apart by scheduler
+    and, when not plain norm clipping, clip mode.
+    """
+    others = {k: v for k, v in run.hparams.items() if k != MAX_NORM_KEY}
+    if len(others) == 1:
+        return str(next(iter(others.values())))
+    if others:
+        return ",".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(others.items()))
+    mode = f" ({run.clip_mode})" if run.clip_mode not in (None, "norm") else ""
+    return f"{run.scheduler or 'none'}{mode}"
+
+
+def metric_vs_max_norm(runs: Sequence[RunMetrics], metric: str, width: int = 60,
+                       height: int = 14) -> list[str]:
+    """A text plot of `metric` against each run's max_norm, one marker per series."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in runs:
+        v = r.value(metric)
+        if v is None or r.max_norm is None:
+            continue
+        series.setdefault(series_name(r), []).append((float(r.max_norm), v))
+    xs = {x for s in series.values() for x, _ in s}
+    if len(xs) < 2:
+        return [f"(no plot: the runs with a {metric} value do not differ in max_norm)"]
+    for s in series.values():
+        s.sort()
+    logx = min(xs) > 0 and max(xs) / min(xs) >= 10
+    better = "higher" if METRICS[metric][1] else "lower"
+    return plot(series, width=width, height=height, logx=logx, xlabel="max_norm",
+                ylabel=f"{metric} ({better} is better)", connect=True)
