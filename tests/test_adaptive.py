@@ -12,7 +12,6 @@ from torch import nn
 from clipdash.store import RunReader
 from clipdash.track.adaptive import (
     ALL_HISTORY_CAP,
-    AGCClipper,
     PercentileClipper,
     ZScoreClipper,
 )
@@ -73,11 +72,12 @@ def test_percentile_threshold_is_numpy_percentile_of_history(p: float, history: 
         window = norms[: t + 1] if history is None else norms[max(0, t + 1 - history): t + 1]
         finite = [v for v in window if math.isfinite(v)]
         want = float(np.percentile(finite, p)) if finite else 3.0
-        assert thresholds[t] == pytest.approx(want, rel=1e-5), t
+        # float32 on the device: torch interpolates with a float32 rank, numpy with float64
+        assert thresholds[t] == pytest.approx(want, rel=1e-4), t
         if math.isfinite(norm):
             coef, post = expected_clip(norm, want)
-            assert posts[t] == pytest.approx(post, rel=1e-5)
-            np.testing.assert_allclose(grads[t], np.array([0.6, -0.8]) * norm * coef, rtol=1e-5)
+            assert posts[t] == pytest.approx(post, rel=1e-4)
+            np.testing.assert_allclose(grads[t], np.array([0.6, -0.8]) * norm * coef, rtol=1e-4)
 
 
 def test_percentile_no_finite_history_uses_max_norm_and_all_history_grows():
@@ -89,7 +89,7 @@ def test_percentile_no_finite_history_uses_max_norm_and_all_history_grows():
     thresholds, _, _ = drive(clipper, norms)
     assert clipper.buf.numel() == 512 <= ALL_HISTORY_CAP  # grew from 256, by doubling
     finite = [v for v in norms if math.isfinite(v)]
-    assert thresholds[-1] == pytest.approx(float(np.percentile(finite, 25)), rel=1e-5)
+    assert thresholds[-1] == pytest.approx(float(np.percentile(finite, 25)), rel=1e-4)
     assert clipper.history().numel() == len(finite)
 
 
@@ -261,3 +261,26 @@ def test_adaptive_settings_are_steerable():
     assert z.get("z_threshold") == 3.0
     agc = make_clipper("agc", CPU)
     assert agc.set("clipping", 0.05) == 0.01 and agc.get("clipping") == 0.05
+
+
+def test_apply_never_reads_a_tensor_on_the_host(monkeypatch):
+    """A CPU stand-in for CUDA's sync check: no .item(), float(), bool() or .tolist() in apply."""
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.randn(4, 3, generator=gen), torch.randn(4, generator=gen)]
+    clippers = [make_clipper(m, CPU, max_norm=1.0, max_value=0.5, warmup_steps=2)
+                if m == "zscore" else make_clipper(m, CPU, max_norm=1.0, max_value=0.5)
+                for m in ("percentile", "zscore", "agc")]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host read of a tensor on the hot path")
+
+    steps = []
+    for _ in range(6):
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        per = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+        steps.append((grads, per, torch.linalg.vector_norm(per)))
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    for clipper in clippers:
+        for grads, per, total in steps:
+            clipper.apply([g.clone() for g in grads], params, per, total, 2.0)

@@ -6,11 +6,11 @@ import copy
 import math
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 
 from clipdash.engine.config import Config, config_from_dict, dump_toml, load_config
 from clipdash.engine.errors import ConfigError

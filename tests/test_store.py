@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipdash.store import RunReader, RunWriter
+from clipdash.store import RunReader
 from clipdash.store.commands import result, submit
 from clipdash.store.reader import LOST_AFTER_S, effective_status
+from clipdash.store.writer import RunWriter
 
 PARAMS = [("layer.weight", (4, 3)), ("layer.bias", (4,)), ("head.weight", (1, 4)),
           ("head.bias", (1,))]

@@ -235,3 +235,27 @@ def test_run_row_and_param_panel_text() -> None:
     text = param_table(panel, 78).plain.splitlines()
     assert text[0].startswith("top 50 of 300 parameters")
     assert len(text) == 52 and all(len(line) <= 78 for line in text)
+
+
+def test_watch_refuses_a_file_for_a_runs_directory(tmp_path: Path) -> None:
+    from clipdash.tui.app import main
+
+    (tmp_path / "f").write_text("")
+    assert main(tmp_path / "f") == 2
+
+
+def test_poller_reads_sparklines_of_visible_rows_only_and_spots_lost_runs(
+        tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        make_run(tmp_path / name, 50).close()
+    stale = make_run(tmp_path / "d", 50, state="running")
+    stale.conn.execute("UPDATE status SET heartbeat = heartbeat - 60")  # its trainer died
+    posted: list[object] = []
+    poller = Poller(posted.append, tmp_path)
+    poller.set_visible([str(tmp_path / "b")])
+    rows = {r.name: r for m in _tick(poller, posted) for r in m.rows}  # type: ignore[attr-defined]
+    assert rows["b"].norm_spark and not rows["a"].norm_spark and not rows["c"].norm_spark
+    assert rows["d"].status == "lost"
+    stale.close()
+    for w in poller.watches.values():
+        w.close()

@@ -39,7 +39,10 @@ def metric_vs_max_norm(runs: Sequence[RunMetrics], metric: str, width: int = 60,
         return [f"(no plot: the runs with a {metric} value do not differ in max_norm)"]
     for s in series.values():
         s.sort()
+    ys = [y for s in series.values() for _, y in s]
     logx = min(xs) > 0 and max(xs) / min(xs) >= 10
+    logy = min(ys) > 0 and max(ys) / min(ys) >= 20  # an outlier would flatten the rest
     better = "higher" if METRICS[metric][1] else "lower"
-    return plot(series, width=width, height=height, logx=logx, xlabel="max_norm",
-                ylabel=f"{metric} ({better} is better)", connect=True)
+    scale = ", log scale" if logy else ""
+    return plot(series, width=width, height=height, logx=logx, logy=logy, xlabel="max_norm",
+                ylabel=f"{metric} ({better} is better{scale})", connect=True)

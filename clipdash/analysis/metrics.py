@@ -170,14 +170,23 @@ def _fmt(v: Any, spec: str = ".4g") -> str:
     return str(v)
 
 
+def _columns(runs: Sequence[RunMetrics], metric: str) -> list[str]:
+    """The metric columns, ranking metric first; a validation column no run has is left out."""
+    cols = ["val_accuracy", "val_loss", "train_loss", "clip_rate", "grad_norm"]
+    cols = [c for c in cols if c == metric or not c.startswith("val_")
+            or any(r.value(c) is not None for r in runs)]
+    cols.sort(key=lambda c: c != metric)
+    return cols
+
+
 def table(runs: Sequence[RunMetrics], metric: str, extra: Sequence[str] = ()) -> list[str]:
     """The results table as aligned text lines, in the given order.
 
-    Columns: rank, run, the ranking metric first, then val loss/accuracy, final train loss,
-    clip rate, mean pre-clip norm, diverged, status; `extra` adds hparams columns.
+    Columns: rank, run, the ranking metric first, then val loss/accuracy (when any run has
+    them), final train loss, clip rate, mean pre-clip norm, diverged, status; `extra` adds
+    hparams columns.
     """
-    cols = ["val_accuracy", "val_loss", "train_loss", "clip_rate", "grad_norm"]
-    cols.sort(key=lambda c: c != metric)
+    cols = _columns(runs, metric)
     header = ["#", "RUN", *[h.upper() for h in extra], *[c.upper() for c in cols],
               "DIVERGED", "STATUS"]
     rows = [header]
@@ -194,12 +203,10 @@ def table(runs: Sequence[RunMetrics], metric: str, extra: Sequence[str] = ()) ->
 
 def markdown_table(runs: Sequence[RunMetrics], metric: str) -> list[str]:
     """The same table as GitHub markdown (for docs and reports)."""
-    lines = table(runs, metric)
-    header = lines[0].split()
+    cols = _columns(runs, metric)
+    header = ["#", "run", *cols, "diverged", "status"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in runs:
-        cols = ["val_accuracy", "val_loss", "train_loss", "clip_rate", "grad_norm"]
-        cols.sort(key=lambda c: c != metric)
         vals = [_fmt(r.rank), f"`{r.name}`",
                 *[_fmt(getattr(r, c), ".3f" if c == "clip_rate" else ".4g") for c in cols],
                 _fmt(r.diverged) if r.steps else "-", r.status]

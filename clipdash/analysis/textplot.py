@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-MARKERS = "ox+*#@%&"
+MARKERS = "ox+*#%&="
+OVERLAP = "@"  # two series in one cell
 
 
 def _fmt(v: float) -> str:
@@ -32,13 +33,15 @@ def _usable(x: float, y: float, logx: bool, logy: bool) -> bool:
 def plot(series: Mapping[str, Sequence[tuple[float, float]]], *, width: int = 60,
          height: int = 14, logx: bool = False, logy: bool = False, xlabel: str = "",
          ylabel: str = "", vlines: Mapping[str, float] | None = None,
-         markers: Mapping[str, str] | None = None, connect: bool = False) -> list[str]:
+         markers: Mapping[str, str] | None = None, connect: bool = False,
+         overlap: bool = True) -> list[str]:
     """Lines of text: each series drawn with its own marker, a legend, axes with 3 labels.
 
     Non-finite points (and non-positive ones on a log axis) are left out. `vlines` draws a
     labelled vertical line (`{"m max_lr": 0.1}` puts a column of `|` topped by
     `m` at x = 0.1, and "m| max_lr" in the legend); `connect` draws `.`
-    between consecutive points of a series.
+    between consecutive points of a series. With `overlap`, a cell holding points of two series
+    shows `@`; without, the later series is drawn over the earlier.
     """
     pts = {name: [(x, y) for x, y in s if _usable(x, y, logx, logy)]
            for name, s in series.items()}
@@ -59,6 +62,7 @@ def plot(series: Mapping[str, Sequence[tuple[float, float]]], *, width: int = 60
                 row[col] = "|"
             grid[0][col] = label[:1]
     chosen = dict(markers or {})
+    placed: set[str] = {OVERLAP}
     for i, (name, s) in enumerate(pts.items()):
         mark = chosen.get(name, MARKERS[i % len(MARKERS)])
         cells = [(_scale(x, xlo, xhi, width, logx),
@@ -72,7 +76,9 @@ def plot(series: Mapping[str, Sequence[tuple[float, float]]], *, width: int = 60
                     if grid[r][c] == " ":
                         grid[r][c] = "."
         for c, r in cells:
-            grid[r][c] = mark
+            clash = overlap and grid[r][c] in placed and grid[r][c] != mark
+            grid[r][c] = OVERLAP if clash else mark
+        placed.add(mark)
     labels = [_fmt(yhi), _fmt(math.sqrt(ylo * yhi) if logy else (ylo + yhi) / 2), _fmt(ylo)]
     pad = max(len(s) for s in labels)
     lines = [ylabel] if ylabel else []
@@ -93,6 +99,8 @@ def plot(series: Mapping[str, Sequence[tuple[float, float]]], *, width: int = 60
     if xlabel:
         lines.append(" " * (pad + 2) + xlabel + scale)
     legend = [f"{chosen.get(n, MARKERS[i % len(MARKERS)])} {n}" for i, n in enumerate(pts)]
+    if any(OVERLAP in row for row in grid):
+        legend.append(f"{OVERLAP} several")
     if len(legend) > 1 or vlines:
         extra = [f"{k[:1]}| {k[1:].strip() or k}" for k in (vlines or {})]
         lines.append(" " * (pad + 2) + "   ".join(legend + extra))

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rank and plot by: val (val accuracy if recorded, else val loss), "
                         "val_loss, val_accuracy, train_loss, clip_rate, grad_norm")
     parser.add_argument("--json", action="store_true", help="the table as JSON")
+    parser.add_argument("--markdown", action="store_true",
+                        help="the table as GitHub markdown (for reports), without the plot")
     add_runs_dir(parser)
 
 
@@ -53,7 +55,7 @@ def expand(args: list[str], runs_dir: str) -> list[tuple[str, Path]]:
 
 def run(args: argparse.Namespace) -> int:
     from clipdash.analysis.compare import metric_vs_max_norm
-    from clipdash.analysis.metrics import rank, run_metrics, table
+    from clipdash.analysis.metrics import markdown_table, rank, run_metrics, table
 
     runs = [run_metrics(path, name) for name, path in expand(args.runs, args.runs_dir)]
     try:
@@ -62,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps({"metric": metric, "runs": [r.to_json() for r in ordered]}, indent=1))
+        return 0
+    if args.markdown:
+        print("\n".join(markdown_table(ordered, metric)))
         return 0
     print(f"{len(ordered)} runs, ranked by {metric}:")
     for line in table(ordered, metric):

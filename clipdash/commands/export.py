@@ -3,8 +3,8 @@
 Columns: step, epoch, wall_time, loss, lr, grad_norm_pre, grad_norm_post, max_norm, clip_coef,
 clipped, finite, max_value, lr_group_N (N >= 1, when there are several groups), then with --params
 one column per parameter, named after it. Evaluations are not steps: they are in the store's
-`evals` table and in TensorBoard. clipped and finite are 1/0 in CSV and true/false in JSON lines; NaN is `nan` in CSV and
-null in JSON lines.
+`evals` table and in TensorBoard. clipped and finite are 1/0 in CSV and true/false in JSON
+lines; NaN is `nan` in CSV and null in JSON lines.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     lines = plot({"loss": [(x, y) for x, y in points if y <= cap],
                   "smoothed": [(x, y) for x, y in smoothed if y <= cap]},
                  logx=True, xlabel="learning rate", ylabel="training loss",
-                 markers={"loss": ".", "smoothed": "*"},
+                 markers={"loss": ".", "smoothed": "*"}, overlap=False,
                  vlines={k: v for k, v in vlines.items() if v is not None})
     print()
     for line in lines:

@@ -28,10 +28,15 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / CHECKPOINT_DIR
 
 
+def path_for(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint taken after `step` steps goes (names sort in step order)."""
+    return checkpoint_dir(run_dir) / f"step-{step:09d}.pt"
+
+
 def save(run_dir: Path, state: dict[str, Any], step: int) -> Path:
-    folder = checkpoint_dir(run_dir)
+    path = path_for(run_dir, step)
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{step:09d}.pt"
     tmp = path.with_suffix(".pt.tmp")
     state = dict(state, rng=rng_state())
     torch.save(state, tmp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-import sys
+import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +28,6 @@ from clipdash.engine.builtins import (
     is_plugin,
 )
 from clipdash.engine.errors import ConfigError, did_you_mean
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the project targets 3.10 too, where tomli is the same parser
-    import tomli as tomllib
 
 __all__ = [
     "ClipConfig", "Config", "ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig",

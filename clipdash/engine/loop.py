@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clipdash.engine import checkpoint
+from clipdash.engine import checkpoint, ranks
 from clipdash.engine.batches import Batches
 from clipdash.engine.config import Config
 from clipdash.engine.data import DataBundle, build_data
@@ -46,23 +46,29 @@ class Setup:
     val: Batches | None
     steps_per_epoch: int
     total_steps: int
+    net: nn.Module | None = None
+    """What the loop calls forward on: the model, or its DistributedDataParallel wrapper."""
 
 
 def _batches(dataset: Any, tensors: Any, batch_size: int, seed: int, device: torch.device,
-             shuffle: bool) -> Batches:
+             shuffle: bool, rank: int = 0, world: int = 1) -> Batches:
     if tensors is not None:
         tensors = tuple(t.to(device) for t in tensors)  # one copy up front, not one per step
-    return Batches(dataset, batch_size, seed, tensors, shuffle)
+    return Batches(dataset, batch_size, seed, tensors, shuffle, rank, world)
 
 
 def setup(cfg: Config) -> Setup:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    device = ranks.init(device)  # under torchrun: join the group, this rank's device
+    rank, world = ranks.rank(), ranks.world_size()
     data = build_data(cfg)
     model = build_model(cfg, data).to(device)
+    net = ranks.wrap(model, device)  # DDP with more than one rank
     optimizer = build_optimizer(cfg, model)
     bs = cfg.data.batch_size
-    train = _batches(data.train, data.train_tensors, bs, cfg.seed, device, shuffle=True)
+    train = _batches(data.train, data.train_tensors, bs, cfg.seed, device, shuffle=True,
+                     rank=rank, world=world)
     val_tensors = getattr(data, "val_tensors", None)
     val = (_batches(data.val, val_tensors, bs, cfg.seed, device, shuffle=False)
            if data.val is not None else None)
@@ -77,7 +83,7 @@ def setup(cfg: Config) -> Setup:
     loss_name = cfg.train.loss or data.default_loss
     loss_fn: nn.Module = nn.CrossEntropyLoss() if loss_name == "cross_entropy" else nn.MSELoss()
     return Setup(cfg, device, data, model, optimizer, driver, loss_fn, train, val,
-                 steps_per_epoch, total_steps)
+                 steps_per_epoch, total_steps, net)
 
 
 class Trainer:
@@ -91,6 +97,7 @@ class Trainer:
         self.last_eval_step = -1
         self.tracker_state: dict[str, Any] | None = None
         self.restored_from: Path | None = None  # the checkpoint a resumed run continues from
+        self.lead = ranks.is_leader()  # records, checkpoints and shows progress
         if resume:
             self._restore()
         clip = s.cfg.clip
@@ -108,11 +115,14 @@ class Trainer:
                                {"path": str(self.restored_from.relative_to(run_dir))})
         elif resume:
             self.tracker.event("resume", "no checkpoint to resume from: started over")
-        self.progress = RunProgress(run_dir.name, s.total_steps, self.step, enabled=progress)
+        self.progress = RunProgress(run_dir.name, s.total_steps, self.step,
+                                    enabled=progress and self.lead)
 
     # -- checkpoints -----------------------------------------------------------------------
 
     def _checkpoint(self, reason: str) -> None:
+        if not self.lead:  # under torch.distributed rank 0 holds the same state and saves it
+            return
         s = self.s
         state = {
             "step": self.step,
@@ -124,9 +134,14 @@ class Trainer:
             "scheduler": s.driver.state_dict() if s.driver else None,
             "tracker": self.tracker.state_dict(),
         }
-        path = checkpoint.save(self.run_dir, state, self.step)
+        path = checkpoint.path_for(self.run_dir, self.step)
         self.tracker.event("checkpoint", f"{reason} checkpoint after {self.step} steps",
                            {"path": str(path.relative_to(self.run_dir)), "reason": reason})
+        # Every step before the checkpoint (and its event) is in the store and in TensorBoard
+        # before the checkpoint exists: a crash at any moment leaves no gap before it, and a
+        # resume replaces whatever was recorded after it.
+        self.tracker.flush()
+        checkpoint.save(self.run_dir, state, self.step)
 
     def _restore(self) -> None:
         """Load the latest checkpoint; without one the run starts over in the same directory."""
@@ -197,7 +212,7 @@ class Trainer:
     def _forward_backward(self, x: Tensor, y: Tensor) -> Tensor:
         s = self.s
         s.optimizer.zero_grad(set_to_none=True)
-        loss = s.loss_fn(s.model(x), y)
+        loss = s.loss_fn((s.net or s.model)(x), y)
         loss.backward()
         return loss
 

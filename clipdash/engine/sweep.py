@@ -259,7 +259,7 @@ def plan_sweep(config_path: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR,
         plan.combos.append(combo)
     if all(c.error for c in plan.combos):
         first = f"{source}: {plan.combos[0].error}"
-        more = f" (and the same or similar for all {len(plan.combos)} combinations)" \
+        more = f" (all {len(plan.combos)} combinations are invalid; this is the first)" \
             if len(plan.combos) > 1 else ""
         raise ConfigError("", "", f"no valid combination: {first}{more}")
     _decide(plan)
@@ -372,7 +372,7 @@ def run_plan(plan: Plan, jobs: int, display: Display,
         if combo.action == "invalid":
             outcomes[combo.name] = Outcome(combo.name, "invalid", message=combo.error)
         elif combo.action == "skip":
-            outcomes[combo.name] = Outcome(combo.name, "skipped", message="finished before")
+            outcomes[combo.name] = Outcome(combo.name, "skipped", message="already finished")
         elif combo.action == "busy":
             outcomes[combo.name] = Outcome(combo.name, "busy",
                                            message="running in another process")
@@ -408,14 +408,20 @@ def run_plan(plan: Plan, jobs: int, display: Display,
         code = child.proc.returncode
         status = {0: "finished", 2: "invalid"}.get(code, "failed")
         run_dir = plan.folder / child.combo.name
+        message = None
         if code == 0 and is_run_dir(run_dir):
             from clipdash.store import RunReader
 
             with RunReader(run_dir) as reader:
                 status = reader.status()  # finished, or stopped (ctl stop / signal)
+                last = reader.last_step()
+            if status != "finished":
+                message = (f"stopped after {0 if last is None else last + 1} steps; "
+                           "running the sweep again resumes it")
         if interrupted and status != "finished":
             status = "interrupted"
-        message = None if status == "finished" else last_line(plan.log_file(child.combo))
+        if status != "finished" and message is None:
+            message = last_line(plan.log_file(child.combo))
         outcome = Outcome(child.combo.name, status, now() - child.started, code, message)
         outcomes[child.combo.name] = outcome
         display.ended(child.combo, outcome)

@@ -1,6 +1,8 @@
 """The run record: directory layout, SQLite schema, writer, incremental reader, commands.
 
 Nothing here imports torch or textual: the dashboard and the CLI read runs without them.
+The writer (`clipdash.store.writer.RunWriter`, which needs numpy) is not imported here, so
+readers start without numpy.
 """
 
 from clipdash.store.layout import (
@@ -13,7 +15,6 @@ from clipdash.store.layout import (
 )
 from clipdash.store.reader import RunReader, RunSummary
 from clipdash.store.schema import SCHEMA_VERSION, StoreError
-from clipdash.store.writer import RunWriter
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -23,7 +24,6 @@ __all__ = [
     "RunNotFound",
     "RunReader",
     "RunSummary",
-    "RunWriter",
     "StoreError",
     "find_runs",
     "resolve_run",

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from clipdash.store import schema
+
+if TYPE_CHECKING:  # numpy costs 0.1-0.4 s of dashboard start-up: imported where it is used
+    import numpy as np
 from clipdash.store.layout import DB_NAME
 
 # A running or paused run whose heartbeat is older than this is "lost" (killed, machine gone).
@@ -159,6 +161,8 @@ class RunReader:
 
     def iter_steps(self, with_params: bool = False, batch: int = 2048) -> Iterator[dict[str, Any]]:
         """Every step as a dict (lr_groups decoded; param_norms as a float32 array if asked)."""
+        import numpy as np  # not at module level: the dashboard never needs it here
+
         extra = ", lr_groups" + (", param_norms" if with_params else "")
         cols = ", ".join(schema.STEP_COLUMNS) + ", max_value" + extra
         after = -1
@@ -171,7 +175,7 @@ class RunReader:
             for r in rows:
                 d = dict(r)
                 blob = d.pop("lr_groups")
-                d["lr_groups"] = np.frombuffer(blob, np.float64).tolist() if blob else [d["lr"]]
+                d["lr_groups"] = array("d", blob).tolist() if blob else [d["lr"]]
                 if with_params:
                     pn = d.pop("param_norms")
                     d["param_norms"] = np.frombuffer(pn, np.float32) if pn else None
@@ -229,6 +233,8 @@ class RunReader:
 
         Only the blobs of the requested window are read; a bucket's rows are reduced in numpy.
         """
+        import numpy as np
+
         lo, hi = self._bounds(start, end)
         n_params = int(self.conn.execute("SELECT COUNT(*) FROM params").fetchone()[0])
         if lo is None or hi is None or n_params == 0:

@@ -38,6 +38,7 @@ class RunWriter:
     def __init__(self, run_dir: str | Path, *, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.conn = schema.connect(self.path)
             schema.check_version(self.conn, self.path)
@@ -129,7 +130,8 @@ class RunWriter:
         with self._tx():
             self.conn.executemany(STEP_INSERT, rows)
             self.conn.execute(
-                "UPDATE status SET last_step = ?, heartbeat = ? WHERE id = 1", (last, time.time()))
+                "UPDATE status SET last_step = MAX(COALESCE(last_step, -1), ?), heartbeat = ? "
+                "WHERE id = 1", (last, time.time()))
 
     def add_eval(self, step: int, metrics: dict[str, float]) -> None:
         now = time.time()
@@ -162,6 +164,9 @@ class RunWriter:
             self.conn.execute(
                 "DELETE FROM events WHERE kind != 'resume' AND (step > ? OR (step = ? AND "
                 "id > ?))", (step + 1, step + 1, -1 if saved is None else saved))
+            # last_step only grows while appending; a truncation is the one place it goes back.
+            self.conn.execute("UPDATE status SET last_step = (SELECT MAX(step) FROM steps) "
+                              "WHERE id = 1")
 
     # -- commands (trainer side) ----------------------------------------------------------
 

@@ -143,13 +143,13 @@ class PercentileClipper(Clipper):
         return self.percentile
 
     def state_dict(self) -> dict[str, Any]:
-        return {"percentile": self.percentile, "count": self.count, "buf": self.buf.cpu()}
+        return {"percentile": self.percentile, "count": self.count, "buf": self.buf.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "percentile" in state:
             self.percentile = _check_percentile(state["percentile"])
         if "buf" in state:
-            self.buf = state["buf"].to(self.device, torch.float32)
+            self.buf = state["buf"].to(self.device, torch.float32, copy=True)
             self.count = int(state["count"])
 
 
@@ -218,17 +218,18 @@ class ZScoreClipper(Clipper):
         return self.z_threshold
 
     def state_dict(self) -> dict[str, Any]:
-        return {"z_threshold": self.z_threshold, "count": self.count, "warm": self.warm.cpu(),
-                "mean": self.mean.cpu(), "var": self.var.cpu()}
+        return {"z_threshold": self.z_threshold, "count": self.count,
+                "warm": self.warm.cpu().clone(), "mean": self.mean.cpu().clone(),
+                "var": self.var.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "z_threshold" in state:
             self.z_threshold = _check_positive("z_threshold", state["z_threshold"])
         if "count" in state:
             self.count = int(state["count"])
-            self.warm = state["warm"].to(self.device, torch.float32)
-            self.mean = state["mean"].to(self.device, torch.float32)
-            self.var = state["var"].to(self.device, torch.float32)
+            self.warm = state["warm"].to(self.device, torch.float32, copy=True)
+            self.mean = state["mean"].to(self.device, torch.float32, copy=True)
+            self.var = state["var"].to(self.device, torch.float32, copy=True)
 
 
 def unit_view(t: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ the host, except the one finiteness check that `nonfinite = "skip" | "stop"` nee
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import signal
@@ -33,12 +34,14 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from clipdash.store.commands import reject_pending
 from clipdash.store.layout import DEFAULT_RUNS_DIR, is_run_dir
 from clipdash.store.writer import RunWriter
+from clipdash.track import distributed
 from clipdash.track.buffer import StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
 from clipdash.track.lr import current_lrs
@@ -72,7 +75,10 @@ class Tracker:
             a checkpoint; `clipdash run` passes its checkpointer.
         start_step: first step index. When `run_dir` already holds a record (a resumed run),
             what it has at or after start_step is replaced; with 0, the record starts over.
-        record: False on non-zero ranks: clip and obey, but write nothing.
+        record: write the record and read commands. Default: True, except on the non-zero
+            ranks of a torch.distributed job, which clip and obey but write nothing.
+        sync_every: under torch.distributed, the ranks agree on the commands to apply every
+            this many steps (see `clipdash.track.distributed`).
     """
 
     def __init__(
@@ -98,8 +104,9 @@ class Tracker:
         buffer_steps: int = 256,
         checkpoint: CheckpointFn | None = None,
         start_step: int = 0,
-        record: bool = True,
+        record: bool | None = None,
         meta: dict[str, Any] | None = None,
+        sync_every: int = distributed.DEFAULT_SYNC_EVERY,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
@@ -127,6 +134,12 @@ class Tracker:
         self._signal_handlers: dict[int, Any] = {}
         self.buffer = StepBuffer(self.device, len(self.params), buffer_steps)
         self.run_dir = Path(run_dir) if run_dir else Path(runs_dir) / (name or default_run_name())
+        self._sync: distributed.ControlSync | None = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self._sync = distributed.ControlSync(sync_every)
+        self._signal_pending: str | None = None  # caught, not yet exchanged (distributed)
+        if record is None:
+            record = self._sync is None or self._sync.rank == 0
         self.writer = self._open_writer(record, start_step, total_steps, tensorboard,
                                         per_param_scalars, record_params, meta or {})
 
@@ -255,7 +268,10 @@ class Tracker:
         self.step_index += 1
         if self.buffer.full or self.buffer.age() >= self.flush_secs:
             self.flush(wait=False)
-        if self.writer.inbox:
+        if self._sync is not None:
+            if self._sync.due(self.step_index):
+                self._exchange()
+        elif self.writer.inbox:
             self._apply_commands()
         if self.steering.paused:
             self._wait_while_paused()
@@ -322,9 +338,11 @@ class Tracker:
     def _max_value(self) -> float:
         return self.clipper.get("max_value") if self.clipper.mode == "value" else math.nan
 
-    def _apply_commands(self) -> None:
-        while self.writer.inbox:
-            cmd = self.writer.inbox.popleft()
+    def _apply_commands(self, commands: list[Command] | None = None) -> None:
+        """Apply `commands` (default: everything in the writer's inbox) at this boundary."""
+        queue = collections.deque(commands) if commands is not None else self.writer.inbox
+        while queue:
+            cmd = queue.popleft()
             was_paused = self.steering.paused
             outcome = self.steering.apply(cmd, self.step_index)
             if outcome.event is not None:
@@ -341,6 +359,20 @@ class Tracker:
                 self.writer.put("resolve",
                                 (cmd.id, outcome.applied, self.step_index, outcome.message))
 
+    def _exchange(self) -> None:
+        """Distributed: apply rank 0's new commands (and its caught signal) on every rank."""
+        assert self._sync is not None
+        mine: list[Command] = []
+        if self._sync.rank == 0:
+            while self.writer.inbox:
+                mine.append(self.writer.inbox.popleft())
+        signal_name, self._signal_pending = self._signal_pending, None
+        commands, stop = self._sync.exchange(mine, signal_name is not None)
+        if stop:  # rank 0 caught SIGTERM / SIGINT (torchrun forwards them to every rank)
+            commands.append(Command(0, "signal", "stop", None, signal_name or "signal"))
+        if commands:
+            self._apply_commands(commands)
+
     def _enter_pause(self) -> None:
         self.flush()
         self._checkpoint("pause")
@@ -356,7 +388,9 @@ class Tracker:
             self._enter_pause()
         while self.steering.paused:
             time.sleep(PAUSE_POLL_S)
-            if self.writer.inbox:
+            if self._sync is not None:
+                self._exchange()  # every rank polls in lockstep; they all leave together
+            elif self.writer.inbox:
                 self._apply_commands()
         self._pause_ready = False
 
@@ -376,6 +410,11 @@ class Tracker:
             return
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._sync is not None:
+                # Every rank must stop at the same step: the stop waits for the next exchange.
+                # (torchrun forwards the signal it gets, so a second one is not an abort here.)
+                self._signal_pending = signal.Signals(signum).name
+                return
             if signum == signal.SIGINT and self.steering.stop_requested:
                 raise KeyboardInterrupt
             self.request_stop()

@@ -5,6 +5,7 @@ Never imports torch (a test checks): the dashboard must open in well under a sec
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -147,6 +148,8 @@ class WatchApp(App[int]):
                                timeout=self.ack_timeout)
         except control.ControlError as exc:
             self.post_message(ControlDone(path, what, False, str(exc)))
+        except (sqlite3.Error, OSError) as exc:  # the store itself: locked, gone, unreadable
+            self.post_message(ControlDone(path, what, False, f"{type(exc).__name__}: {exc}"))
         else:
             step = "" if res.step is None else f" at step {res.step}"
             self.post_message(ControlDone(path, what, True,

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 
 from clipdash.tui.buckets import Band
-from clipdash.tui.messages import DetailSnapshot, RunRow
+from clipdash.tui.messages import DetailSnapshot, ParamPanel, RunRow
 from clipdash.tui.render import Line
 from clipdash.tui.widgets import EVENT_STYLES, Plot, event_marker, param_table, run_headline
 
@@ -61,6 +61,7 @@ class DetailScreen(Screen[None]):
         super().__init__()
         self.path = path
         self.snapshot: DetailSnapshot | None = None
+        self.params: ParamPanel | None = None
         self.requested_cap = 0
         self.log_mode = 0
 
@@ -86,10 +87,14 @@ class DetailScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        if self.wapp.last_control is not None:
+            self.show_status(self.wapp.last_control)
         self.call_after_refresh(self._request)
 
     def on_resize(self) -> None:
         self.call_after_refresh(self._request)
+        if self.params is not None:
+            self.call_after_refresh(self._draw_params)
 
     def on_unmount(self) -> None:
         if self.wapp.poller is not None:
@@ -124,10 +129,19 @@ class DetailScreen(Screen[None]):
             log.write(Text.assemble((f"{char} ", style), (f"{step:>8}  ", "dim"),
                                     (f"{ev['kind']:<11}", style), ev["message"]))
         if snap.params is not None:
-            width = self.query_one("#param-text", Static).content_size.width or self.size.width
-            self.query_one("#param-text", Static).update(param_table(snap.params, width - 2))
+            self.params = snap.params
+            self._draw_params()
         if snap.config is not None:
             self.query_one("#config-text", Static).update(snap.config)
+
+    def _draw_params(self) -> None:
+        static = self.query_one("#param-text", Static)
+        width = static.content_size.width or self.size.width - 2  # 0 while its tab is hidden
+        static.update(param_table(self.params, width))
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "params":
+            self.call_after_refresh(self._draw_params)
 
     def show_status(self, text: Text | str) -> None:
         self.query_one(".status", Static).update(text)

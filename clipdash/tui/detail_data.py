@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from clipdash.store.layout import CONFIG_NAME
 from clipdash.store.reader import RunReader
 from clipdash.tui.buckets import Band
@@ -31,6 +29,8 @@ def _num(v: Any) -> float | None:
 
 def param_panel(reader: RunReader, names: list[str], first: int, last: int) -> ParamPanel:
     """Top PARAM_TOP parameters by their latest norm, with sparklines of the recent window."""
+    import numpy as np  # only when a run view opens: keeps the dashboard's start-up light
+
     start = max(first, last - PARAM_WINDOW + 1)
     _steps, norms = reader.param_norms(start, None, PARAM_POINTS)
     if len(norms) == 0 or norms.shape[1] != len(names):

@@ -92,27 +92,29 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 HELP = """\
-[b]Run list[/b]   ↑↓ / mouse select · Enter open the run view · ← → scroll columns
-           space mark · c compare marked runs · / filter · Esc clear filter
-[b]Steering[/b]   (the selected run, in the list or the run view)
-           p pause / resume · m set max_norm · l set LR · s stop (asks first)
-           The trainer applies a command at its next step and acknowledges it.
-[b]Run view[/b]   1 2 3 4 plots / params / events / config · y y-scale auto/log/linear
-           Esc back to the list
-[b]Compare[/b]    n next metric in the lower plot · y y-scale · Esc back
+[b]Run list[/b]  ↑↓ or mouse: select   Enter: open the run view   ← →: scroll
+          space: mark   c: compare marked runs   /: filter   Esc: clear it
+[b]Steering[/b]  the selected run, from the list or the run view:
+          p: pause / resume   m: set max_norm   l: set LR   s: stop (asks)
+          The trainer applies a command at its next step and acknowledges
+          it; the answer shows in the status line.
+[b]Run view[/b]  1 2 3 4: plots / params / events / config
+          y: y scale auto → log → linear   Esc: back to the list
+[b]Compare[/b]   n: next metric in the lower plot   y: y scale   Esc: back
 
-[b]Columns[/b]  grad norm: total pre-clip norm at the last step · clip%: share of
-  the last 100 steps that were clipped · ~: sparklines over the whole run (grad
-  norm keeps each bucket's max, so spikes show) · it/s: steps per second.
-[b]Markers[/b]  under plots: [bold cyan]▲[/] control  [bold red]✖[/] non-finite  \
+[b]Columns[/b]   grad norm: total pre-clip norm of the last step
+          clip%: share of the last 100 steps that were clipped
+          ~: sparklines of the whole run (grad norm: max of each bucket,
+          so a spike always shows)   it/s: steps per second
+[b]Markers[/b]   [bold cyan]▲[/] control   [bold red]✖[/] non-finite step   \
 [green]◆[/] checkpoint
 
-  ? or Esc closes this help · q quits
+?, Esc: close this help   q: quit\
 """
 
 
 class HelpScreen(ModalScreen[None]):
-    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen").replace("width: 64;", "width: 84;")
+    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen").replace("width: 64;", "width: 78;")
     BINDINGS = [
         Binding("escape", "close", "close"),
         Binding("question_mark", "close", "close", show=False),

@@ -39,6 +39,7 @@ DISCOVER_S = 1.0
 RECHECK_S = 2.0  # re-read a live run now and then even if its files look unchanged
 FINAL_STAT_S = 2.0  # a finished run is only stat'ed this often (it may be resumed)
 INIT_BUDGET_S = 0.08  # whole-run sparkline scans per tick, so that live updates keep flowing
+POST_EVERY_S = 0.05
 SPARK_BUCKETS = 24
 CLIP_WINDOW = 100
 RATE_WINDOW = 100
@@ -190,6 +191,7 @@ class Poller(threading.Thread):
         self._stopping = threading.Event()
         self._discovered = -1e9
         self._reported: set[str] = set()
+        self.visible: frozenset[str] | None = None  # None: every run
         self.ticks = 0
 
     # -- called from the UI thread --------------------------------------------------------
@@ -199,6 +201,11 @@ class Poller(threading.Thread):
         self._wake.set()
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def set_visible(self, paths: Sequence[str] | None) -> None:
+        """The runs whose rows are on screen (None: all): only they get sparklines loaded."""
+        self._requests.put(("visible", None if paths is None else frozenset(paths)))
         self._wake.set()
 
     def show_detail(self, path: str | None, cap: int = 0) -> None:
@@ -235,8 +242,15 @@ class Poller(threading.Thread):
         if mono - self._discovered >= DISCOVER_S:
             self._discovered = mono
             removed = self._discover()
-        changed = [row for w in self.watches.values()
-                   if (row := self._refresh(w, partial(w.poll, mono), now))]
+        changed: list[RunRow] = []
+        posted = time.monotonic()
+        for w in self.watches.values():
+            if row := self._refresh(w, partial(w.poll, mono), now):
+                changed.append(row)
+            if changed and time.monotonic() - posted > POST_EVERY_S:
+                # Hundreds of runs read for the first time: show the first ones already.
+                self.post(RunsUpdated(tuple(changed), removed))
+                changed, removed, posted = [], (), time.monotonic()
         if changed or removed:
             self.post(RunsUpdated(tuple(changed), removed))
         backlog = self._load_sparks(now)
@@ -270,6 +284,8 @@ class Poller(threading.Thread):
         for w in self.watches.values():
             if w.spark.ready or w.failures or w.state is None:
                 continue
+            if self.visible is not None and str(w.path) not in self.visible:
+                continue  # sparklines are read for the rows on screen only
             if time.monotonic() > deadline or self._stopping.is_set():
                 backlog = True
                 break
@@ -299,7 +315,9 @@ class Poller(threading.Thread):
                 req = self._requests.get_nowait()
             except queue.Empty:
                 return
-            if req[0] == "detail":
+            if req[0] == "visible":
+                self.visible = req[1]
+            elif req[0] == "detail":
                 if self.detail is not None:
                     self.detail.close()
                 self.detail = DetailWatch(Path(req[1]), req[2]) if req[1] else None

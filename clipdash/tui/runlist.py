@@ -60,6 +60,12 @@ class RunTable(DataTable[Text]):
             return None
         return key.value
 
+    def visible_paths(self) -> list[str]:
+        """Keys of the rows inside the viewport (and a few beyond it)."""
+        first = max(0, int(self.scroll_y) - 4)
+        rows = self.ordered_rows[first:first + max(1, self.size.height) + 8]
+        return [str(r.key.value) for r in rows]
+
     def rebuild(self, rows: list[RunRow], marks: set[str]) -> None:
         keep = self.selected_path()
         self.clear()
@@ -92,6 +98,8 @@ class RunsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.needle = ""
+        self._visible: list[str] | None = None
+        self._shown: dict[str, Text] = {}  # what the title and status lines show now
 
     @property
     def wapp(self) -> WatchApp:
@@ -107,7 +115,19 @@ class RunsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.rebuild()
-        self.query_one(RunTable).focus()
+        table = self.query_one(RunTable)
+        table.focus()
+        self.watch(table, "scroll_y", self.report_visible, init=False)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.report_visible)
+
+    def report_visible(self, *_: object) -> None:
+        """Tell the reader which rows are on screen: their sparklines are read first (only)."""
+        paths = self.query_one(RunTable).visible_paths()
+        if paths != self._visible and self.wapp.poller is not None:
+            self._visible = paths
+            self.wapp.poller.set_visible(paths)
 
     # -- data in --------------------------------------------------------------------------
 
@@ -116,33 +136,46 @@ class RunsScreen(Screen[None]):
         marks = self.wapp.marks
         for path in removed:
             table.drop(path)
+        added = False
         for row in rows:
             if matches(row, self.needle):
+                added |= row.path not in table.shown
                 table.put(row, row.path in marks)
             else:
                 table.drop(row.path)
         self.update_title()
+        if added or removed:
+            self.call_after_refresh(self.report_visible)
 
     def rebuild(self) -> None:
         rows = [r for r in self.wapp.rows.values() if matches(r, self.needle)]
         self.query_one(RunTable).rebuild(rows, self.wapp.marks)
         self.update_title()
+        self.call_after_refresh(self.report_visible)
 
     def update_title(self) -> None:
         rows = self.wapp.rows.values()
         live = sum(r.status in ("running", "paused") for r in rows)
-        text = Text.assemble(("clipdash watch  ", "bold"), (f"{len(rows)} run{'s' * (len(rows) != 1)}", "bold"),
-                             f", {live} live")
+        runs = f"{len(rows)} run" + ("" if len(rows) == 1 else "s")
+        text = Text.assemble(("clipdash watch  ", "bold"), (runs, "bold"), f", {live} live")
         if self.needle:
             text.append(f"  filter: {self.needle!r} ({len(self.query_one(RunTable).shown)})",
                         style="yellow")
         if self.wapp.marks:
             text.append(f"  marked: {len(self.wapp.marks)}", style="cyan")
         text.append(f"  {self.wapp.runs_dir}", style="dim")
-        self.query_one("#title", Static).update(text)
+        if text != self._shown.get("title"):
+            self._shown["title"] = text
+            self.query_one("#title", Static).update(text)
+        if self.wapp.last_control is None:  # the status line is free: say why it is empty
+            self.show_status("" if rows else f"no runs in {self.wapp.runs_dir} yet: a run shows "
+                             "up here as soon as it starts recording")
 
     def show_status(self, text: Text | str) -> None:
-        self.query_one(".status", Static).update(text)
+        text = Text(text) if isinstance(text, str) else text
+        if text != self._shown.get("status"):
+            self._shown["status"] = text
+            self.query_one(".status", Static).update(text)
 
     # -- actions --------------------------------------------------------------------------
 
