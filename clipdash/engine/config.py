@@ -215,8 +215,8 @@ def _drop_none(value: Any) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read, override (`--set dotted.key=VALUE`) and validate a TOML config."""
+def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The TOML table of a config file with `--set dotted.key=VALUE` overrides applied."""
     source = str(path)
     try:
         with open(path, "rb") as f:
@@ -226,7 +226,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from exc
     apply_overrides(raw, overrides, source)
-    return config_from_dict(raw, source)
+    return raw
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read, override and validate a TOML config."""
+    return config_from_dict(load_raw(path, overrides), str(path))
 
 
 _SEGMENT = re.compile(r"^([A-Za-z0-9_-]+)((?:\[\d+\])*)$")

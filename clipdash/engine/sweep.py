@@ -194,25 +194,10 @@ class Plan:
         return self.bookkeeping / "logs" / f"{combo.name}.log"
 
 
-def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    from clipdash.engine.config import apply_overrides
-
-    source = str(path)
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read config: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "", f"invalid TOML: {exc}") from exc
-    apply_overrides(raw, overrides, source)
-    return raw
-
-
 def plan_sweep(config_path: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR,
                name: str | None = None, overrides: Sequence[str] = ()) -> Plan:
     """Expand and validate every combination; decide what each one needs (see module doc)."""
-    from clipdash.engine.config import config_from_dict, dump_toml
+    from clipdash.engine.config import config_from_dict, dump_toml, load_raw
 
     source = str(config_path)
     raw = load_raw(config_path, overrides)
