@@ -54,6 +54,7 @@ class StepBatch:
     wall_times: list[float]
     lrs: list[list[float]]
     max_values: list[float]
+    max_norms: list[float]  # host value of a fixed max_norm, NaN where only the device knows it
     release: queue.SimpleQueue = field(repr=False, default_factory=queue.SimpleQueue)
     slot: int = 0
 
@@ -64,6 +65,7 @@ class StepBatch:
         data = self.rows.numpy().astype(np.float64, copy=True)
         self.release.put(self.slot)
         cols = {name: data[:, i] for i, name in enumerate(ROW_FIELDS)}
+        self._exact_fixed_norm(cols)
         cols["finite"], cols["clipped"] = derived_flags(cols["grad_norm_pre"], cols["clip_coef"])
         cols["step"] = np.asarray(self.steps, np.int64)
         cols["epoch"] = np.asarray(self.epochs, np.int64)
@@ -74,6 +76,26 @@ class StepBatch:
         if with_params:
             cols["param_norms"] = data[:, N_ROW_FIELDS:].astype(np.float32)
         return cols
+
+
+    def _exact_fixed_norm(self, cols: dict[str, np.ndarray]) -> None:
+        """Where max_norm is a fixed number, record it as typed and derive coef and post from it
+        in float64 (clip_grad_norm_'s formula on the exact pre-clip norm).
+
+        The device works in float32, where 0.3 is 0.30000001 and a clipped post-clip norm can
+        land one ulp above max_norm; the record should say post <= max_norm, as it is.
+        """
+        host = np.asarray(self.max_norms, np.float64)
+        pre = cols["grad_norm_pre"]
+        fixed = ~np.isnan(host) & np.isfinite(pre)
+        if not fixed.any():
+            return
+        with np.errstate(invalid="ignore", divide="ignore"):
+            coef = np.minimum(1.0, host / (pre + 1e-6))
+            post = pre * coef
+        cols["max_norm"] = np.where(np.isnan(host), cols["max_norm"], host)
+        cols["clip_coef"] = np.where(fixed, coef, cols["clip_coef"])
+        cols["grad_norm_post"] = np.where(fixed, post, cols["grad_norm_post"])
 
 
 class StepBuffer:
@@ -115,13 +137,15 @@ class StepBuffer:
         self.wall_times: list[float] = []
         self.lrs: list[list[float]] = []
         self.max_values: list[float] = []
+        self.max_norms: list[float] = []
         self.started = time.monotonic()
 
     def clear_measurements(self) -> None:
         """NaN for everything but the loss: a step recorded without `clip()`."""
         self.measured.fill_(math.nan)
 
-    def commit(self, step: int, epoch: int, lrs: list[float], max_value: float) -> None:
+    def commit(self, step: int, epoch: int, lrs: list[float], max_value: float,
+               max_norm: float = math.nan) -> None:
         """Copy the staging row into the buffer (one kernel) with the step's host values."""
         self._views[self.n].copy_(self.stage, non_blocking=True)
         self.n += 1
@@ -130,12 +154,13 @@ class StepBuffer:
         self.wall_times.append(time.time())
         self.lrs.append(lrs)
         self.max_values.append(max_value)
+        self.max_norms.append(max_norm)
 
     def append(self, row: Tensor, step: int, epoch: int, lrs: list[float],
-               max_value: float) -> None:
+               max_value: float, max_norm: float = math.nan) -> None:
         """Stage a whole row (loss, pre, post, coef, max_norm, per-parameter norms) and commit."""
         self.stage.copy_(row)
-        self.commit(step, epoch, lrs, max_value)
+        self.commit(step, epoch, lrs, max_value, max_norm)
 
     def last_row(self) -> tuple[Tensor, float, int]:
         """A device copy of the last committed row's step fields, with its LR and step."""
@@ -166,7 +191,7 @@ class StepBuffer:
             ready = torch.cuda.Event()
             ready.record()
         batch = StepBatch(rows, ready, self.steps, self.epochs, self.wall_times, self.lrs,
-                          self.max_values, self.free, self.slot)
+                          self.max_values, self.max_norms, self.free, self.slot)
         self.slot = self.free.get()
         self._views = self._row_views[self.slot]
         self._reset()

@@ -263,7 +263,7 @@ class Tracker:
             buf.loss.copy_(loss.detach())
         else:
             buf.loss.fill_(float(loss))
-        buf.commit(self.step_index, self.epoch, self._lrs, self._max_value())
+        buf.commit(self.step_index, self.epoch, self._lrs, self._max_value(), self._max_norm())
         self._staged = False
         self.step_index += 1
         if self.buffer.full or self.buffer.age() >= self.flush_secs:
@@ -337,6 +337,10 @@ class Tracker:
 
     def _max_value(self) -> float:
         return self.clipper.get("max_value") if self.clipper.mode == "value" else math.nan
+
+    def _max_norm(self) -> float:
+        """The fixed max_norm as set on the host; NaN for modes whose threshold is computed."""
+        return self.clipper.get("max_norm") if self.clipper.mode == "norm" else math.nan
 
     def _apply_commands(self, commands: list[Command] | None = None) -> None:
         """Apply `commands` (default: everything in the writer's inbox) at this boundary."""
