@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 RUNS=${RUNS_DIR:-runs}
+# One torch thread: these models are small, and on a busy or 2-core machine torch's threads
+# waiting on each other can slow a run tenfold.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 stamp=$(date +%H%M%S)
 .venv/bin/clipdash run examples/exploding_rnn.toml --runs-dir "$RUNS" --name "rnn-unclipped-$stamp" \
     --set clip.mode=\"none\"

@@ -76,10 +76,11 @@ def test_exploding_rnn_explodes_without_clipping_and_not_with(tmp_path: Path) ->
     max_norm = load_config(EXAMPLES / "exploding_rnn.toml").clip.max_norm
 
     # Unclipped: the largest pre-clip norm (inf and NaN count as exploded) is orders of
-    # magnitude above the clipped run's threshold, and the run ends with a blown-up loss.
+    # magnitude above the clipped run's threshold and above where it started (~30 at step 0),
+    # and the run ends with a blown-up loss.
     pre = [math.inf if math.isnan(v) else v for v in _column(unclipped, "grad_norm_pre")]
     assert max(pre) > 1e3 * max_norm
-    assert max(pre) > 100 * sorted(pre)[len(pre) // 10]  # a spike, not a uniformly large norm
+    assert max(pre) > 1e3 * pre[0]
     tail = [math.inf if math.isnan(v) else v for v in _column(unclipped, "loss")[-10:]]
     assert min(tail) > 1e3
 

@@ -82,7 +82,7 @@ def test_run_list_fills_from_the_store(tmp_path: Path, size: tuple[int, int]) ->
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
         await wait_for(pilot, lambda: table(app).row_count == 2, "two rows")
         assert cell(app, runs / "alpha", "status") == "finished"
-        assert cell(app, runs / "alpha", "step") == "299/1000"
+        assert cell(app, runs / "alpha", "step") == "300/1000"
         assert cell(app, runs / "sweep" / "beta-lr0.1", "status") == "failed"
         await wait_for(pilot, lambda: cell(app, runs / "alpha", "grad_spark"), "sparkline")
         text = screen_text(app)
@@ -105,7 +105,7 @@ def test_new_run_appears_and_a_new_step_updates_its_row(tmp_path: Path, trainer:
         writer.append_steps(step_columns(50, 1, loss=123.4))
         latency = await wait_for(pilot, lambda: cell(app, live, "loss") == "123.4", "new step")
         writer.close()
-        assert cell(app, live, "step") == "50/1000"
+        assert cell(app, live, "step") == "51/1000"
         assert latency < 0.5  # from the commit to the cell, at the default poll interval
 
     run_app(runs, body, poll_s=0.25)

@@ -228,7 +228,7 @@ def test_run_row_and_param_panel_text() -> None:
                  loss=0.25, grad_norm=2.0, clip_rate=0.75, max_norm=1.0, lr=0.01,
                  loss_spark=(3.0, 2.0, 1.0), norm_spark=(1.0, 9.0))
     cells = [c.plain.strip() for c in row_cells(row, marked=True)]
-    assert cells[:7] == ["● a", "running", "12/100", "0.25", "2", "1", "75%"]
+    assert cells[:7] == ["● a", "running", "13/100", "0.25", "2", "1", "75%"]
     panel = ParamPanel(300, (900, 2899), tuple(
         ParamInfo(f"model.blocks.{i}.mlp.fc{i % 2}.weight", 1.0 / (i + 1), 2.0, (1.0, 2.0))
         for i in range(50)))

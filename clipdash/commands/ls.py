@@ -37,9 +37,11 @@ def run(args: argparse.Namespace) -> int:
     if not summaries:
         print(f"no runs in {args.runs_dir}/")
         return 0
-    header = ("RUN", "STATUS", "STEP", "LOSS", "GRAD_NORM", "MAX_NORM", "LR")
+    # STEPS counts recorded steps (last 0-based step + 1), so a finished run reads 1500/1500.
+    header = ("RUN", "STATUS", "STEPS", "LOSS", "GRAD_NORM", "MAX_NORM", "LR")
     rows = [header] + [
-        (n, s.status, _fmt(s.step, "d") + ("/" + _fmt(s.total_steps, "d") if s.total_steps else ""),
+        (n, s.status, _fmt(None if s.step is None else s.step + 1, "d")
+         + ("/" + _fmt(s.total_steps, "d") if s.total_steps else ""),
          _fmt(s.loss), _fmt(s.grad_norm_pre), _fmt(s.max_norm), _fmt(s.lr))
         for n, s in summaries
     ]

@@ -232,7 +232,9 @@ def _train(cfg: object, prepared: object, run_dir: Path, *, resume: bool, progre
     loss = latest.get("loss")
     print(f"{run_dir.name}: {state} after {trainer.step} steps"
           + (f", loss {loss:.4g}" if loss is not None else "")
-          + (f", val loss {trainer.last_val:.4g}" if trainer.last_val is not None else ""))
+          + (f", val loss {trainer.last_metrics['loss']:.4g}" if trainer.last_metrics else "")
+          + (f", {trainer.tracker.nonfinite_steps} non-finite steps skipped"
+             if trainer.tracker.nonfinite_steps else ""))
     print(f"  record: {run_dir}   watch: clipdash watch {runs_dir}   "
           f"tensorboard --logdir {runs_dir}")
     return 0

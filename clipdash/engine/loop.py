@@ -94,6 +94,7 @@ class Trainer:
         self.step = 0
         self.position = (0, 0)  # (epoch, next batch index)
         self.last_val: float | None = None
+        self.last_metrics: dict[str, float] = {}
         self.last_eval_step = -1
         self.tracker_state: dict[str, Any] | None = None
         self.restored_from: Path | None = None  # the checkpoint a resumed run continues from
@@ -235,6 +236,7 @@ class Trainer:
         if classify:
             metrics["accuracy"] = correct / max(1, count)
         self.last_val = metrics["loss"] if math.isfinite(metrics["loss"]) else None
+        self.last_metrics = metrics
         self.last_eval_step = self.step - 1
         if s.driver is not None and hasattr(s.driver, "on_eval"):
             s.driver.on_eval(metrics["loss"])

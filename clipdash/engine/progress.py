@@ -66,7 +66,11 @@ class RunProgress:
             self.bar.update(self.task, completed=step, info=info)
         else:
             eta = (self.total - step) / rate if rate > 0 else float("inf")
-            print(f"{self.name}: step {step}/{self.total}  {info}  ETA {eta:.0f}s", flush=True)
+            try:
+                print(f"{self.name}: step {step}/{self.total}  {info}  ETA {eta:.0f}s",
+                      flush=True)
+            except (BrokenPipeError, OSError):  # `clipdash run ... | head`: keep training
+                self.enabled = False
 
     def close(self) -> None:
         if self.bar is not None:

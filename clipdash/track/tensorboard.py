@@ -63,6 +63,11 @@ def histograms(values: np.ndarray, bins: int) -> dict[str, np.ndarray]:
     # np.histogram's range for a single distinct value, and its edges and bin search.
     first = np.where(lo == hi, lo - 0.5, lo)
     last = np.where(lo == hi, hi + 0.5, hi)
+    # Past ~1e16 the +-0.5 vanishes in float64: widen relative to the value instead.
+    flat_range = last <= first
+    widen = np.maximum(np.abs(lo) * 1e-6, 0.5)
+    first = np.where(flat_range, lo - widen, first)
+    last = np.where(flat_range, hi + widen, last)
     edges = np.linspace(first, last, bins + 1, axis=1)
     norm = bins / (last - first)
     idx = ((zero - first[:, None]) * norm[:, None]).astype(np.intp)

@@ -128,6 +128,7 @@ class Tracker:
         self._present: tuple[tuple[int, ...], Tensor] | None = None
         self._lrs: list[float] = []
         self._last_finite = True
+        self.nonfinite_steps = 0  # steps whose gradient norm was not finite (skip / stop)
         self._latest_row: tuple[Tensor, float, int] | None = None
         self._closed = False
         self._pause_ready = False
@@ -229,15 +230,20 @@ class Tracker:
             return True
         # The one host read on the hot path (documented in DESIGN.md): on CUDA it waits for the
         # norm; reading the value is cheaper than an isfinite kernel plus the same wait.
-        self._last_finite = math.isfinite(buf.pre.item())
-        if not self._last_finite:
+        finite = math.isfinite(buf.pre.item())
+        if not finite:
+            self.nonfinite_steps += 1
             if grads:
                 torch._foreach_zero_(grads)
             if self.nonfinite == "stop":
                 self.steering.stop_requested = True
-            self.event("nonfinite", f"non-finite gradient norm at step {self.step_index}: "
-                       f"{'stopping' if self.nonfinite == 'stop' else 'step skipped'}")
-        return self._last_finite
+                self.event("nonfinite", f"non-finite gradient norm at step {self.step_index}: "
+                           "stopping")
+            elif self._last_finite:  # one event per streak; every step's `finite` is recorded
+                self.event("nonfinite", f"non-finite gradient norm at step {self.step_index}: "
+                           "step skipped, and every step until the gradients are finite again")
+        self._last_finite = finite
+        return finite
 
     def _partial_norms(self, grads: list[Tensor]) -> tuple[list[nn.Parameter], Tensor]:
         """Some parameters have no gradient this step: their recorded norm is 0."""

@@ -50,7 +50,10 @@ def fmt_count(n: int | None) -> str:
 
 
 def fmt_step(step: int | None, total: int | None) -> str:
-    return fmt_count(step) + (f"/{fmt_count(total)}" if total else "")
+    """Steps done out of the total (a finished 1500-step run reads 1500/1500), else the step."""
+    if total and step is not None:
+        return f"{fmt_count(step + 1)}/{fmt_count(total)}"
+    return fmt_count(step)
 
 
 # -- sparklines ---------------------------------------------------------------------------
