@@ -14,7 +14,14 @@ from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 from clipdash.tui.buckets import Band
 from clipdash.tui.messages import DetailSnapshot, ParamPanel, RunRow
 from clipdash.tui.render import Line
-from clipdash.tui.widgets import EVENT_STYLES, Plot, event_marker, param_table, run_headline
+from clipdash.tui.widgets import (
+    EVENT_STYLES,
+    STEER_BINDINGS,
+    Plot,
+    event_marker,
+    param_table,
+    run_headline,
+)
 
 if TYPE_CHECKING:
     from clipdash.tui.app import WatchApp
@@ -49,10 +56,7 @@ class DetailScreen(Screen[None]):
     """
     BINDINGS = [
         Binding("escape", "back", "back"),
-        Binding("p", "pause", "pause/resume"),
-        Binding("m", "set('max_norm')", "max_norm"),
-        Binding("l", "set('lr')", "LR"),
-        Binding("s", "stop", "stop"),
+        *STEER_BINDINGS,
         Binding("y", "log", "y scale"),
         *(Binding(str(i + 1), f"tab('{t}')", t, show=False) for i, t in enumerate(TABS)),
     ]

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.widgets.data_table import RowDoesNotExist
 
 from clipdash.tui.messages import RunRow
-from clipdash.tui.widgets import RUN_COLUMNS, row_cells
+from clipdash.tui.widgets import RUN_COLUMNS, STEER_BINDINGS, row_cells
 
 if TYPE_CHECKING:
     from clipdash.tui.app import WatchApp
@@ -85,10 +85,7 @@ class RunsScreen(Screen[None]):
     RunsScreen .status { height: 1; padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [
-        Binding("p", "pause", "pause/resume"),
-        Binding("m", "set('max_norm')", "max_norm"),
-        Binding("l", "set('lr')", "LR"),
-        Binding("s", "stop", "stop"),
+        *STEER_BINDINGS,
         Binding("space", "mark", "mark"),
         Binding("c", "compare", "compare"),
         Binding("slash", "filter", "filter"),

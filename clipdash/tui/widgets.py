@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widget import Widget
 
 from clipdash.tui.messages import ParamPanel, RunRow
@@ -180,3 +181,12 @@ class Plot(Widget):
             rows = render_plot(self._lines, w, h, log=self.log_scale, markers=self._markers)
             self._cache = (key, Text("\n", no_wrap=True).join(rows))
         return self._cache[1]
+
+
+# The steering keys, the same on the run list and in the run view (DESIGN.md's key contract).
+STEER_BINDINGS = [
+    Binding("p", "pause", "pause/resume"),
+    Binding("m", "set('max_norm')", "max_norm"),
+    Binding("l", "set('lr')", "LR"),
+    Binding("s", "stop", "stop"),
+]
