@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 from collections.abc import Sequence
 
 from clipdash import __version__
+from clipdash.store.schema import StoreError
 
 SUBCOMMANDS = {
     "run": "train from a TOML config and record every step",
@@ -49,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._module.run(args) or 0)
     except UsageError as exc:
         print(f"clipdash {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, sqlite3.DatabaseError) as exc:  # a damaged or foreign clipdash.sqlite
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"clipdash {args.command}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

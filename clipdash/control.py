@@ -16,6 +16,7 @@ ControlTimeout, its subclass, when no acknowledgement came in time (the command 
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
 from pathlib import Path
 
@@ -91,8 +92,11 @@ def send(run: str | Path, action: str, key: str | None = None, value: str | floa
         raise ControlError(f"unknown action {action!r} (pause, resume, stop, set KEY=VALUE)")
     elif key is not None or value is not None:
         raise ControlError(f"{action} takes no value")
-    info = run_info(run_dir)
-    state = live_state(run_dir)
+    try:
+        info = run_info(run_dir)
+        state = live_state(run_dir)
+    except sqlite3.DatabaseError as exc:
+        raise ControlError(f"{run_dir / DB_NAME}: not a clipdash store ({exc})") from None
     if not is_live(state):
         raise ControlError(f"run {run_dir.name} is {state}: it takes no commands")
     if process_gone(run_dir):

@@ -164,3 +164,14 @@ def test_export_jsonl(finished_run: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_unknown_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "export", "nope", "--runs-dir", str(tmp_path))
     assert code == 2 and "nope" in err
+
+
+@pytest.mark.parametrize("command", [["export", "broken"], ["ctl", "broken", "pause"],
+                                     ["suggest", "broken"]])
+def test_damaged_store_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           command: list[str]) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "clipdash.sqlite").write_text("not sqlite")
+    code, _, err = run_cli(capsys, *command, "--runs-dir", str(tmp_path))
+    assert code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "clipdash.sqlite" in err and "not a clipdash store" in err
