@@ -16,7 +16,6 @@ ControlTimeout, its subclass, when no acknowledgement came in time (the command 
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from clipdash.store.commands import (
     submit,
 )
 from clipdash.store.layout import DB_NAME, DEFAULT_RUNS_DIR, RunNotFound, resolve_run
+from clipdash.store.schema import StoreError
 
 ACTIONS = ("pause", "resume", "stop")
 # max_value: clip mode value; percentile, z_threshold, clipping: the adaptive modes
@@ -95,8 +95,8 @@ def send(run: str | Path, action: str, key: str | None = None, value: str | floa
     try:
         info = run_info(run_dir)
         state = live_state(run_dir)
-    except sqlite3.DatabaseError as exc:
-        raise ControlError(f"{run_dir / DB_NAME}: not a clipdash store ({exc})") from None
+    except StoreError as exc:
+        raise ControlError(str(exc)) from None
     if not is_live(state):
         raise ControlError(f"run {run_dir.name} is {state}: it takes no commands")
     if process_gone(run_dir):

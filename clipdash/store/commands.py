@@ -31,7 +31,15 @@ class CommandResult:
 
 
 def _connect(run_dir: str | Path) -> sqlite3.Connection:
-    return schema.connect(Path(run_dir) / DB_NAME)
+    """A connection to a run's store; StoreError (naming the file) if it is not one."""
+    path = Path(run_dir) / DB_NAME
+    conn = schema.connect(path)
+    try:
+        schema.check_version(conn, path)
+    except schema.StoreError:
+        conn.close()
+        raise
+    return conn
 
 
 def submit(run_dir: str | Path, action: str, key: str | None = None, value: str | None = None,

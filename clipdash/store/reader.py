@@ -291,9 +291,6 @@ class RunReader:
             return None
         return (s1 - s0) / (t1 - t0)
 
-    def last_event_id(self) -> int:
-        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
-
     def _bounds(self, start: int | None, end: int | None) -> tuple[int | None, int | None]:
         row = self.conn.execute("SELECT MIN(step), MAX(step) FROM steps").fetchone()
         lo = row[0] if start is None else max(start, row[0] if row[0] is not None else start)

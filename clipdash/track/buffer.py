@@ -25,7 +25,6 @@ FIELDS = ("loss", "grad_norm_pre", "grad_norm_post", "clip_coef", "max_norm", "f
 # Column order of a device row; per-parameter norms follow.
 ROW_FIELDS = FIELDS[:5]
 N_ROW_FIELDS = len(ROW_FIELDS)
-N_FIELDS = len(FIELDS)
 
 
 def derived_flags(pre: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,10 +37,3 @@ class ControlSync:
         dist.broadcast_object_list(payload, src=0, group=self.group)
         received_commands, received_stop = payload[0]
         return list(received_commands), bool(received_stop)
-
-
-def control_sync() -> ControlSync | None:
-    """A ControlSync when running under an initialised process group of more than one rank."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return ControlSync()
-    return None

@@ -33,12 +33,3 @@ def total_from_per_param(per_param: Tensor, norm_type: float) -> Tensor:
     if per_param.numel() == 0:
         return per_param.new_zeros(())
     return torch.linalg.vector_norm(per_param, norm_type)
-
-
-def scatter_norms(norms: Tensor, present: list[int], n_params: int) -> Tensor:
-    """Place the norms of the parameters that have a gradient at their index; the rest are 0."""
-    if len(present) == n_params:
-        return norms
-    full = norms.new_zeros(n_params)
-    full[torch.tensor(present, device=norms.device)] = norms
-    return full
