@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from clipdash import __version__
+from clipdash.commands.errors import UsageError
 from clipdash.store.schema import StoreError
 
 SUBCOMMANDS = {
@@ -25,10 +26,6 @@ SUBCOMMANDS = {
     "suggest": "suggest a max_norm from a run's recorded gradient norms",
     "lr-find": "learning-rate range test: suggest base and max LR",
 }
-
-
-class UsageError(Exception):
-    """Bad usage or bad input: exit code 2 with a one-line message."""
 
 
 def build_parser() -> argparse.ArgumentParser:

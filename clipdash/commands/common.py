@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipdash.cli import UsageError
+from clipdash.commands.errors import UsageError
 from clipdash.store.layout import DEFAULT_RUNS_DIR, RunNotFound, resolve_run
 
 

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from clipdash.cli import UsageError
 from clipdash.commands.common import add_runs_dir
+from clipdash.commands.errors import UsageError
 from clipdash.store.layout import RunNotFound, find_runs, is_run_dir, resolve_run
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipdash.cli import UsageError
 from clipdash.commands.common import add_runs_dir
+from clipdash.commands.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from clipdash.cli import UsageError
+from clipdash.commands.errors import UsageError
 from clipdash.store.layout import DEFAULT_RUNS_DIR
 
 

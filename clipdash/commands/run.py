@@ -14,8 +14,8 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
-from clipdash.cli import UsageError
 from clipdash.commands.common import run_dir_arg
+from clipdash.commands.errors import UsageError
 from clipdash.store.layout import CONFIG_NAME, DEFAULT_RUNS_DIR
 
 ERROR_LOG = "error.log"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from clipdash.cli import UsageError
 from clipdash.commands.common import add_runs_dir, run_dir_arg
+from clipdash.commands.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from clipdash.cli import UsageError
+from clipdash.commands.errors import UsageError
 from clipdash.store.layout import DEFAULT_RUNS_DIR
 
 REFRESH_S = 0.5
