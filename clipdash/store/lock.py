@@ -85,9 +85,9 @@ def acquire(run_dir: str | Path) -> RunLock:
     except BaseException:
         os.close(fd)
         raise
-    info = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
     os.ftruncate(fd, 0)
-    os.pwrite(fd, info, 0)
+    os.pwrite(fd, me, 0)
     return RunLock(run_dir, fd)
 
 
