@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 from clipdash.commands.errors import UsageError
@@ -44,23 +43,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps must be >= 2, got {args.steps}")
     from clipdash.analysis.textplot import plot
     from clipdash.engine.config import load_config
-    from clipdash.engine.errors import ConfigError
+    from clipdash.engine.errors import ConfigError, RunError
+    from clipdash.engine.lifecycle import default_name, new_run_dir
     from clipdash.engine.lr_find import lr_find, prepare_config
 
     config_path = Path(args.config)
     try:
         cfg = prepare_config(load_config(config_path, args.overrides), args.start_lr, args.steps)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    name = args.name or f"{config_path.stem}-lrfind-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(args.runs_dir) / name
-    if run_dir.exists():
-        raise UsageError(f"{run_dir} already exists (pick another --name)")
-    try:
+        run_dir = new_run_dir(args.runs_dir,
+                              args.name or default_name(config_path, cfg, "-lrfind"))
         result = lr_find(cfg, run_dir, args.start_lr, args.end_lr, args.steps,
                          progress=not args.no_progress and not args.json)
-    except ConfigError as exc:
+    except (ConfigError, RunError) as exc:
         raise UsageError(str(exc)) from None
+    if result.failed:
+        return 1
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
         return 0

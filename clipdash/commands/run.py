@@ -5,20 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
-import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from clipdash.commands.common import run_dir_arg
 from clipdash.commands.errors import UsageError
 from clipdash.store.layout import CONFIG_NAME, DEFAULT_RUNS_DIR
-
-ERROR_LOG = "error.log"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,44 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "torch.distributed.run; gloo on CPU, nccl on CUDA)")
 
 
-def default_name(config_path: Path) -> str:
-    return f"{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _config_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(config to load, run directory being resumed or None)."""
     if args.resume:
         run_dir = run_dir_arg(args.resume, args.runs_dir)
-        if worker_rank() == 0:  # other ranks would see rank 0's trainer as a live run
-            check_resumable(run_dir)
         return Path(args.config) if args.config else run_dir / CONFIG_NAME, run_dir
     if not args.config:
         raise UsageError("missing CONFIG.toml")
     return Path(args.config), None
-
-
-def check_resumable(run_dir: Path) -> None:
-    """UsageError unless `run_dir` can be resumed: not finished, and no trainer still at it.
-
-    Stopped, failed and lost runs resume; a live run whose process is gone (killed seconds ago,
-    before its heartbeat went stale) counts as lost.
-    """
-    from clipdash.store.commands import process_gone
-    from clipdash.store.reader import RunReader
-    from clipdash.store.schema import StoreError
-
-    try:
-        with RunReader(run_dir) as reader:
-            status, row, last = reader.status(), reader.status_row() or {}, reader.last_step()
-    except StoreError as exc:
-        raise UsageError(str(exc)) from None
-    if status == "finished":
-        steps = "no" if last is None else last + 1
-        raise UsageError(f"run {run_dir.name} finished ({steps} steps): nothing to resume "
-                         "(start a new run to train further)")
-    if status in ("running", "paused") and not process_gone(run_dir):
-        raise UsageError(f"run {run_dir.name} is {status} (pid {row.get('pid')} on "
-                         f"{row.get('host')}): stop it before resuming it")
 
 
 def worker_rank() -> int:
@@ -83,34 +50,71 @@ def worker_rank() -> int:
     return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """The engine's own errors (bad config, a run that cannot start) are usage errors here."""
+    from clipdash.engine.errors import ConfigError, RunError
+
+    try:
+        yield
+    except (ConfigError, RunError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _checked(args: argparse.Namespace) -> tuple[Any, Path, Path | None, Any]:
+    """(config, config path, run being resumed, its ResumeChanges): every check that needs
+    no torch.distributed group, so that the launcher and each rank refuse the same things."""
+    from clipdash.engine import lifecycle
+    from clipdash.engine.config import check_device, load_config
+
+    config_path, resume_dir = _config_path(args)
+    with _usage_errors():
+        if resume_dir is not None and worker_rank() == 0:
+            # Other ranks would see rank 0's trainer as a live run.
+            lifecycle.check_resumable(resume_dir)
+        cfg = load_config(config_path, args.overrides)
+        check_device(cfg)  # the launcher too: its ranks would each fail with a traceback
+        changes = lifecycle.resume_changes(resume_dir, cfg) if resume_dir is not None else None
+    return cfg, config_path, resume_dir, changes
+
+
+def _new_run_dir(args: argparse.Namespace, config_path: Path, cfg: Any) -> Path:
+    from clipdash.engine import lifecycle
+
+    with _usage_errors():
+        return lifecycle.new_run_dir(
+            args.runs_dir, args.name or lifecycle.default_name(config_path, cfg))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     if args.nproc_per_node > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return launch(args)
-    config_path, resume_dir = _config_path(args)
-    from clipdash.engine import ranks
-    from clipdash.engine.config import load_config
-    from clipdash.engine.errors import ConfigError
+    cfg, config_path, resume_dir, changes = _checked(args)
+    from clipdash.engine import lifecycle, ranks
     from clipdash.engine.loop import setup
 
-    try:
-        cfg = load_config(config_path, args.overrides)
+    with _usage_errors():
         prepared = setup(cfg)  # under torchrun this joins the process group
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+        if resume_dir is not None:
+            lifecycle.check_resume_length(resume_dir, prepared.total_steps)
     if resume_dir is not None:
         run_dir = resume_dir
     else:
-        run_dir = Path(args.runs_dir) / (args.name or default_name(config_path))
-        problem = (f"{run_dir} already exists (pick another --name, or --resume it)"
-                   if run_dir.exists() else None)
         # Every rank takes rank 0's name and verdict (default names carry a timestamp).
-        run_dir, problem = ranks.agree((run_dir, problem))
-        if problem:
-            raise UsageError(problem)
-    return train(cfg, prepared, run_dir, resume=resume_dir is not None,
-                 progress=not args.no_progress, runs_dir=args.runs_dir)
+        try:
+            verdict: tuple[Path | None, str | None] = (_new_run_dir(args, config_path, cfg), None)
+        except UsageError as exc:
+            verdict = (None, str(exc))
+        found, problem = ranks.agree(verdict)
+        if problem or found is None:
+            raise UsageError(problem or "no run directory")
+        run_dir = found
+    with _usage_errors():
+        return lifecycle.train(cfg, prepared, run_dir, resume=resume_dir is not None,
+                               progress=not args.no_progress, runs_dir=args.runs_dir,
+                               changes=changes)
 
 
 def launch(args: argparse.Namespace) -> int:
@@ -120,14 +124,7 @@ def launch(args: argparse.Namespace) -> int:
     process, as a SIGTERM (they then stop together at the same step). The exit code is the
     run's: 0 finished or stopped, 1 failed.
     """
-    config_path, resume_dir = _config_path(args)
-    from clipdash.engine.config import load_config
-    from clipdash.engine.errors import ConfigError
-
-    try:
-        load_config(config_path, args.overrides)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    cfg, config_path, resume_dir, _ = _checked(args)
     worker = ["run", "--runs-dir", args.runs_dir]
     if args.config:
         worker.insert(1, args.config)
@@ -135,10 +132,8 @@ def launch(args: argparse.Namespace) -> int:
         worker += ["--resume", str(resume_dir)]
         run_dir = resume_dir
     else:
-        run_dir = Path(args.runs_dir) / (args.name or default_name(config_path))
-        if run_dir.exists():
-            raise UsageError(f"{run_dir} already exists (pick another --name, or --resume it)")
-        worker += ["--name", run_dir.name]
+        run_dir = _new_run_dir(args, config_path, cfg)
+        worker += ["--name", str(run_dir.relative_to(args.runs_dir))]
     for override in args.overrides:
         worker += ["--set", override]
     if args.no_progress:
@@ -176,70 +171,6 @@ def launch(args: argparse.Namespace) -> int:
     return code if code in (0, 2) else 1
 
 
-def train(cfg: object, prepared: object, run_dir: Path, *, resume: bool, progress: bool,
-          runs_dir: str, meta: dict | None = None) -> int:
-    """Create (or reopen) the run directory and train; 0 finished/stopped, 1 failed.
-
-    Under torch.distributed only rank 0 writes the directory, the record and the checkpoints;
-    the other ranks train in step with it.
-    """
-    from clipdash.engine import ranks
-
-    try:
-        return _train(cfg, prepared, run_dir, resume=resume, progress=progress,
-                      runs_dir=runs_dir, meta=meta, lead=ranks.is_leader())
-    finally:
-        ranks.shutdown()
-
-
-def _train(cfg: object, prepared: object, run_dir: Path, *, resume: bool, progress: bool,
-           runs_dir: str, meta: dict | None, lead: bool) -> int:
-    from clipdash.engine.checkpoint import CheckpointError
-    from clipdash.engine.config import dump_toml
-    from clipdash.engine.loop import Trainer
-
-    created = lead and not run_dir.exists()
-    if lead:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (run_dir / CONFIG_NAME).write_text(
-                dump_toml(cfg.to_dict()))  # type: ignore[attr-defined]
-    try:
-        trainer = Trainer(prepared, run_dir, resume=resume, progress=progress,  # type: ignore[arg-type]
-                          meta=meta)
-    except CheckpointError as exc:
-        raise UsageError(str(exc)) from None
-    except Exception:
-        if created:  # nothing was recorded: leave no half-made run behind
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    if not lead:
-        return _follow(trainer)
-    if resume and trainer.restored_from is None:
-        print(f"clipdash run: {run_dir.name} has no checkpoint: starting over from step 0 in "
-              f"{run_dir}", file=sys.stderr)
-    elif resume:
-        print(f"clipdash run: resuming {run_dir.name} from step {trainer.step} "
-              f"({trainer.restored_from.name if trainer.restored_from else ''})", file=sys.stderr)
-    try:
-        state = trainer.run()
-    except Exception as exc:  # noqa: BLE001 - the run failed; the record says why
-        (run_dir / ERROR_LOG).write_text(traceback.format_exc())
-        print(f"clipdash run: {run_dir.name} failed at step {trainer.step}: "
-              f"{type(exc).__name__}: {exc} (traceback in {run_dir / ERROR_LOG})", file=sys.stderr)
-        return 1
-    latest = trainer.tracker.latest()
-    loss = latest.get("loss")
-    print(f"{run_dir.name}: {state} after {trainer.step} steps"
-          + (f", loss {loss:.4g}" if loss is not None else "")
-          + (f", val loss {trainer.last_metrics['loss']:.4g}" if trainer.last_metrics else "")
-          + (f", {trainer.tracker.nonfinite_steps} non-finite steps skipped"
-             if trainer.tracker.nonfinite_steps else ""))
-    print(f"  record: {run_dir}   watch: clipdash watch {runs_dir}   "
-          f"tensorboard --logdir {runs_dir}")
-    return 0
-
-
 def _children(pid: int) -> list[int]:
     """Child process ids of `pid` (Linux /proc; empty elsewhere)."""
     try:
@@ -247,14 +178,3 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
-
-
-def _follow(trainer: object) -> int:
-    """A non-zero rank: train in step with rank 0, which records and reports."""
-    try:
-        trainer.run()  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001 - rank 0's record says what happened to the run
-        print(f"clipdash run: rank {os.environ.get('RANK')} failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 1
-    return 0

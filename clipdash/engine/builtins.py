@@ -37,6 +37,21 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# What a float32 device tensor can hold: a threshold or LR outside it becomes inf or rounds to
+# 0 (or a subnormal) on the device while the record shows the value asked for.
+F32_MAX = 3.4028234663852886e38
+F32_TINY = 1.1754943508222875e-38  # smallest normal float32
+# Integers end up in torch (int64) and SQLite (signed 64-bit): anything larger cannot be stored.
+INT64_MAX = 2**63 - 1
+
+
+def check_f32(value: float) -> None:
+    """ValueError unless `value` is 0 or a float32 normal number in magnitude."""
+    if value != 0 and not F32_TINY <= abs(value) <= F32_MAX:
+        raise ValueError(f"{value:g} is outside the float32 range the device holds "
+                         f"({F32_TINY:.3g} to {F32_MAX:.3g})")
+
+
 @dataclass(frozen=True)
 class Spec:
     """One accepted keyword: its default and how to check a given value.
@@ -54,6 +69,8 @@ class Spec:
     hi_open: bool = False
     choices: tuple[Any, ...] | None = None
     doc: str = ""
+    f32: bool = False
+    """The value is held in a float32 device tensor: it must fit (see check_f32)."""
 
     def check(self, value: Any) -> Any:
         if self.kind == "ints":
@@ -72,6 +89,8 @@ class Spec:
             value = float(value)
             if not math.isfinite(value):
                 raise ValueError(f"must be finite, got {fmt(value)}")
+            if self.f32:
+                check_f32(value)
         elif self.kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"expected true or false, got {fmt(value)}")
@@ -85,6 +104,8 @@ class Spec:
         return value
 
     def _bounds(self, v: float) -> None:
+        if self.kind in ("int", "ints") and self.hi is None and abs(v) > INT64_MAX:
+            raise ValueError(f"must be below 2**63, got {fmt(v)}")
         if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
             raise ValueError(f"must be {'>' if self.lo_open else '>='} {self.lo:g}, got {fmt(v)}")
         if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):

@@ -3,25 +3,32 @@
 A checkpoint taken after step N holds the model, optimizer, scheduler, the RNG states, the
 tracker's control state (thresholds changed from the dashboard survive a resume) and the data
 position. Files are written to a temporary name and renamed, so a crash mid-write never leaves a
-truncated "latest" checkpoint.
+truncated "latest" checkpoint (a resume removes the `.pt.tmp` such a crash leaves).
+
+Run directories are untrusted input (they are copied around, and sweeps resume by themselves):
+checkpoints hold only tensors and plain data and are loaded with `torch.load(weights_only=True)`,
+which never runs code from the file. A file that needs full unpickling is refused, not opened.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from clipdash.engine.errors import CheckpointError
 from clipdash.store.layout import CHECKPOINT_DIR
 
+__all__ = ["CheckpointError", "cleanup_partial", "latest", "load", "path_for", "save",
+           "step_of"]
+
 KEEP = 3  # most recent checkpoints kept on disk
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be resumed from (unreadable, or saved by a different setup)."""
+_NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -46,13 +53,60 @@ def save(run_dir: Path, state: dict[str, Any], step: int) -> Path:
     return path
 
 
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in checkpoint_dir(run_dir).glob("step-*.pt"):
+        m = _NAME.match(path.name)
+        if m and path.is_file():
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
 def latest(run_dir: Path) -> Path | None:
-    found = sorted(checkpoint_dir(run_dir).glob("step-*.pt"))
-    return found[-1] if found else None
+    found = _checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def step_of(path: Path) -> int:
+    """The step count a checkpoint's name says it was taken after (`step-000000120.pt`: 120)."""
+    m = _NAME.match(path.name)
+    if m is None:
+        raise CheckpointError(f"{path}: not a checkpoint name (step-N.pt)")
+    return int(m.group(1))
+
+
+def cleanup_partial(run_dir: Path) -> list[Path]:
+    """Remove the `step-N.pt.tmp` a crash during a checkpoint write left; returns them."""
+    removed = []
+    for tmp in checkpoint_dir(run_dir).glob("step-*.pt.tmp"):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def load(path: Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    """The checkpoint's state, loaded without running any code from the file.
+
+    CheckpointError (one line) for a file that is not a plain-data checkpoint: an older or
+    foreign checkpoint that needs unpickling, a damaged file, or something planted.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign, planted: all "cannot resume"
+        detail = " ".join(str(exc).split())
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in detail.lower():
+            m = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+            what = f" {m.group(1)}" if m else " an object"
+            raise CheckpointError(
+                f"{path}: cannot resume from it: refused to unpickle{what} (clipdash loads "
+                "checkpoints of tensors and plain data only; full unpickling can run code)"
+            ) from None
+        raise CheckpointError(f"{path}: cannot resume from it: unreadable checkpoint "
+                              f"({type(exc).__name__}: {detail[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a clipdash checkpoint (holds "
+                              f"{type(state).__name__})")
     restore_rng(state.get("rng", {}))
     return state
 

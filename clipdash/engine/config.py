@@ -19,6 +19,7 @@ from typing import Any
 from clipdash.engine.builtins import (
     DATA_KWARGS,
     DATA_LOSS,
+    INT64_MAX,
     MODEL_KWARGS,
     Spec,
     defaults,
@@ -28,6 +29,7 @@ from clipdash.engine.builtins import (
     is_plugin,
 )
 from clipdash.engine.errors import ConfigError, did_you_mean
+from clipdash.store.names import check_run_name
 
 __all__ = [
     "ClipConfig", "Config", "ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig",
@@ -40,11 +42,11 @@ CLIP_MODES = ("norm", "value", "none", "percentile", "zscore", "agc")
 ADAPTIVE_SPECS: dict[str, Spec] = {
     "percentile": Spec(10.0, "float", lo=0.0, lo_open=True, hi=100.0),
     "history": Spec(None, "int", lo=0, lo_open=True),
-    "z_threshold": Spec(2.5, "float", lo=0.0, lo_open=True),
+    "z_threshold": Spec(2.5, "float", lo=0.0, lo_open=True, f32=True),
     "ema_alpha": Spec(0.97, "float", lo=0.0, hi=1.0, lo_open=True, hi_open=True),
     "warmup_steps": Spec(25, "int", lo=0),
-    "clipping": Spec(0.01, "float", lo=0.0, lo_open=True),
-    "eps": Spec(1e-3, "float", lo=0.0, lo_open=True),
+    "clipping": Spec(0.01, "float", lo=0.0, lo_open=True, f32=True),
+    "eps": Spec(1e-3, "float", lo=0.0, lo_open=True, f32=True),
 }
 MODE_PARAMS: dict[str, tuple[str, ...]] = {
     "percentile": ("percentile", "history"),
@@ -53,6 +55,7 @@ MODE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _POS_INT = Spec(None, "int", lo=0, lo_open=True)
+MAX_TOML_DEPTH = 64  # tables/arrays nested deeper than any config needs (and than tomllib's stack)
 
 
 @dataclass
@@ -147,13 +150,16 @@ class TrainConfig:
     """Steps between validation passes (there is always one at the end)."""
     checkpoint_every: int = 0
     """Steps between checkpoints; 0 turns periodic checkpoints off (pause/stop still save)."""
+    threads: int | None = None
+    """CPU threads torch uses in this run. Absent: $OMP_NUM_THREADS when set, else
+    min(4, cores / ranks on this machine), so ranks and sweep jobs do not oversubscribe."""
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps this run will take, given the loader length."""
         limits = [self.max_steps] if self.max_steps is not None else []
         if self.epochs is not None:
             limits.append(self.epochs * steps_per_epoch)
-        return min(limits)
+        return min(*limits, INT64_MAX)  # epochs = 2**62 means "until max_steps", not overflow
 
 
 @dataclass
@@ -215,16 +221,48 @@ def _drop_none(value: Any) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
+def parse_toml(text: str | bytes, source: str, key: str = "") -> dict[str, Any]:
+    """tomllib.loads, with every way it can fail (bad UTF-8, deep nesting) a ConfigError."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        _check_depth(text, source, key)
+        return tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, key, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                                       f"offset {exc.start}); TOML files are UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, key, f"invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(source, key, "invalid TOML: nested too deeply") from None
+
+
+def _check_depth(text: str, source: str, key: str) -> None:
+    """Refuse inline arrays/tables nested deeper than MAX_TOML_DEPTH before tomllib recurses.
+
+    Brackets inside strings and comments are counted too: the bound is loose enough (64) that
+    no real config comes near it either way.
+    """
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_TOML_DEPTH:
+        raise ConfigError(source, key, f"nested more than {MAX_TOML_DEPTH} levels deep")
+
+
 def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The TOML table of a config file with `--set dotted.key=VALUE` overrides applied."""
     source = str(path)
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            data = f.read()
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read config: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "", f"invalid TOML: {exc}") from exc
+    raw = parse_toml(data, source)
     apply_overrides(raw, overrides, source)
     return raw
 
@@ -252,8 +290,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
             raise ConfigError(source, f"--set {text}",
                               "malformed override (expected KEY=VALUE, e.g. clip.max_norm=0.5)")
         try:
-            value = tomllib.loads(f"v = {value_text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+            value = parse_toml(f"v = {value_text.strip()}", source, f"--set {key}")["v"]
+        except ConfigError as exc:
+            if "invalid TOML" not in exc.problem or "nested" in exc.problem:
+                raise
             value = value_text.strip()
         node: Any = raw
         steps: list[str | int] = []
@@ -338,13 +378,17 @@ def config_from_dict(raw: dict[str, Any], source: str) -> Config:
         if k not in _SECTIONS and k not in _TOP_KEYS:
             what = "unknown section" if isinstance(v, dict) else "unknown key"
             raise top.error(k, what + did_you_mean(k, _SECTIONS + _TOP_KEYS))
-    seed = top.get("seed", Spec(0, "int", lo=0))
+    seed = top.get("seed", Spec(0, "int", lo=0, hi=2**64 - 1))  # torch.manual_seed's range
     device = top.get("device", Spec("auto", "str"))
     if not _DEVICE.match(device):
         raise top.error("device", f"expected auto | cpu | cuda | cuda:N, got {fmt(device)}")
     name = top.get("name", Spec(None, "str"))
-    if name is not None and (not name.strip() or "/" in name or "\\" in name):
-        raise top.error("name", f"must be a non-empty name without slashes, got {fmt(name)}")
+    if name is not None:
+        try:
+            if "/" in check_run_name(name):
+                raise ValueError(f"must be one name without slashes, got {fmt(name)}")
+        except ValueError as exc:
+            raise top.error("name", str(exc)) from None
 
     model = _model(Table(raw.get("model", {}), "model", source))
     data = _data(Table(raw.get("data", {}), "data", source))
@@ -362,6 +406,26 @@ def config_from_dict(raw: dict[str, Any], source: str) -> Config:
     # show up on construction; do it now, on a dummy parameter, while exit 2 is still possible.
     optim.dry_run(cfg)
     return cfg
+
+
+def check_device(cfg: Config) -> None:
+    """ConfigError when `device` names CUDA this machine lacks (it would fail mid-setup).
+
+    Not part of loading: a config for a GPU machine still loads (and round-trips) elsewhere.
+    """
+    device = cfg.device
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if count == 0:
+        raise ConfigError(cfg.source, "device", f"{fmt(device)} but CUDA is not available on "
+                                                "this machine (use \"auto\" or \"cpu\")")
+    if index >= count:
+        raise ConfigError(cfg.source, "device",
+                          f"{fmt(device)} but this machine has {count} CUDA device(s)")
 
 
 def _kind(t: Table, table: dict[str, dict[str, Spec]], what: str) -> str:
@@ -420,9 +484,9 @@ def _clip(t: Table) -> ClipConfig:
     mode = t.get("mode", Spec("norm", "str", choices=CLIP_MODES))
     c = ClipConfig(
         mode=mode,
-        max_norm=t.get("max_norm", Spec(1.0, "float", lo=0.0, lo_open=True)),
+        max_norm=t.get("max_norm", Spec(1.0, "float", lo=0.0, lo_open=True, f32=True)),
         norm_type=_norm_type(t),
-        max_value=t.get("max_value", Spec(0.5, "float", lo=0.0, lo_open=True)),
+        max_value=t.get("max_value", Spec(0.5, "float", lo=0.0, lo_open=True, f32=True)),
         nonfinite=t.get("nonfinite", Spec("skip", "str", choices=("skip", "stop", "continue"))),
         per_param_scalars=t.get("per_param_scalars", Spec(False, "bool")),
     )
@@ -450,8 +514,9 @@ def _train(t: Table, data: DataConfig) -> TrainConfig:
                               f"(it needs {implied})")
     eval_every = t.get("eval_every", Spec(100, "int", lo=0, lo_open=True))
     checkpoint_every = t.get("checkpoint_every", Spec(0, "int", lo=0))
+    threads = t.get("threads", Spec(None, "int", lo=1, hi=4096))
     t.finish([*TrainConfig.__dataclass_fields__])
-    return TrainConfig(epochs, max_steps, loss, eval_every, checkpoint_every)
+    return TrainConfig(epochs, max_steps, loss, eval_every, checkpoint_every, threads)
 
 
 def _sweep(raw: Any, source: str, path: str = "sweep") -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""The one exception type for a bad config.
+"""The engine's errors: a bad config, a run that cannot start, a checkpoint that cannot be used.
+
+Commands turn each into exit code 2 (`clipdash.commands` translates them to UsageError), so the
+engine never imports the command layer.
 
 `clipdash run` turns a ConfigError into exit code 2 before anything is written, so the message has
 to stand on its own: one line, `<file>: <dotted.key>: <problem>`, the form compilers use so editors
@@ -37,3 +40,14 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     folded = [o for o in options if o.lower() == word.lower()]
     matches = folded or difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f" (did you mean {matches[0]}?)" if matches else ""
+
+
+class RunError(Exception):
+    """A run that cannot start or resume (its directory, its lock, its state); one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+class CheckpointError(RunError):
+    """A checkpoint that cannot be resumed from (unreadable, unsafe, or from another setup)."""

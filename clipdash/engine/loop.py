@@ -8,21 +8,27 @@ Everything is built (and every config error raised) before the run directory is 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from clipdash.engine import checkpoint, ranks
 from clipdash.engine.batches import Batches
-from clipdash.engine.config import Config
+from clipdash.engine.config import ClipConfig, Config, check_device
 from clipdash.engine.data import DataBundle, build_data
+from clipdash.engine.errors import CheckpointError, ConfigError
 from clipdash.engine.models import build_model
 from clipdash.engine.optim import build_optimizer, build_scheduler
 from clipdash.engine.progress import RunProgress
 from clipdash.track.tracker import Tracker
+
+DEFAULT_MAX_THREADS = 4  # past this, small models get slower, not faster
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,28 +63,57 @@ def _batches(dataset: Any, tensors: Any, batch_size: int, seed: int, device: tor
     return Batches(dataset, batch_size, seed, tensors, shuffle, rank, world)
 
 
+def threads_for(cfg: Config) -> int:
+    """CPU threads for this run: `[train] threads`, else $OMP_NUM_THREADS, else a fair share.
+
+    The fair share is min(4, cores / ranks on this machine): N ranks (or N sweep jobs, which
+    set OMP_NUM_THREADS for their children) each taking every core would thrash.
+    """
+    if cfg.train.threads is not None:
+        return cfg.train.threads
+    with_env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if with_env.isdigit() and int(with_env) > 0:
+        return int(with_env)
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(DEFAULT_MAX_THREADS, (os.cpu_count() or 1) // local_ranks))
+
+
+def _built(cfg: Config, key: str, what: str, make: Callable[[], T]) -> T:
+    """`make()`, with what torch raises for impossible sizes or data made a ConfigError."""
+    try:
+        return make()
+    except ConfigError:
+        raise
+    except (RuntimeError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        text = " ".join(str(exc).split())
+        if isinstance(exc, MemoryError) or "alloc" in text.lower():
+            text = f"not enough memory ({text or 'MemoryError'}); make it smaller"
+        raise ConfigError(cfg.source, key, f"cannot build the {what}: "
+                                           f"{type(exc).__name__}: {text[:300]}") from None
+
+
 def setup(cfg: Config) -> Setup:
+    """Build everything from `cfg`; every failure here is a ConfigError (nothing is on disk)."""
+    check_device(cfg)
+    torch.set_num_threads(threads_for(cfg))
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     device = ranks.init(device)  # under torchrun: join the group, this rank's device
     rank, world = ranks.rank(), ranks.world_size()
-    data = build_data(cfg)
-    model = build_model(cfg, data).to(device)
+    data = _built(cfg, "data", "data", lambda: build_data(cfg))
+    model = _built(cfg, "model", "model", lambda: build_model(cfg, data).to(device))
     net = ranks.wrap(model, device)  # DDP with more than one rank
     optimizer = build_optimizer(cfg, model)
     bs = cfg.data.batch_size
-    train = _batches(data.train, data.train_tensors, bs, cfg.seed, device, shuffle=True,
-                     rank=rank, world=world)
+    train = _built(cfg, "data", "training batches", lambda: _batches(
+        data.train, data.train_tensors, bs, cfg.seed, device, shuffle=True, rank=rank,
+        world=world))
     val_tensors = getattr(data, "val_tensors", None)
-    val = (_batches(data.val, val_tensors, bs, cfg.seed, device, shuffle=False)
-           if data.val is not None else None)
+    val = (_built(cfg, "data", "validation batches", lambda: _batches(
+        data.val, val_tensors, bs, cfg.seed, device, shuffle=False))
+        if data.val is not None else None)
     steps_per_epoch = len(train)
-    limits = []
-    if cfg.train.epochs:
-        limits.append(cfg.train.epochs * steps_per_epoch)
-    if cfg.train.max_steps:
-        limits.append(cfg.train.max_steps)
-    total_steps = min(limits)
+    total_steps = cfg.train.total_steps(steps_per_epoch)
     driver = build_scheduler(cfg, optimizer, steps_per_epoch, total_steps)
     loss_name = cfg.train.loss or data.default_loss
     loss_fn: nn.Module = nn.CrossEntropyLoss() if loss_name == "cross_entropy" else nn.MSELoss()
@@ -86,9 +121,31 @@ def setup(cfg: Config) -> Setup:
                  steps_per_epoch, total_steps, net)
 
 
+def tracker_options(clip: ClipConfig) -> dict[str, Any]:
+    """The Tracker's keyword arguments for a `[clip]` table: the one mapping of the two."""
+    return dict(clip=clip.mode, max_norm=clip.max_norm, norm_type=clip.norm_type,
+                max_value=clip.max_value, nonfinite=clip.nonfinite,
+                clip_options=clip.adaptive_options(), per_param_scalars=clip.per_param_scalars)
+
+
+class LoopHooks:
+    """Where a variant of the run (lr-find's LR ramp) plugs into the one loop; no-ops here."""
+
+    final_eval = True
+    """Evaluate once more at the end when the last step was not evaluated."""
+
+    def before_step(self, trainer: Trainer, step: int) -> None:
+        """Before the forward pass of `step` (e.g. write this step's LR into the groups)."""
+
+    def after_step(self, trainer: Trainer, step: int, loss: Tensor) -> bool:
+        """After `step` is recorded; True ends training here (the run still finishes)."""
+        return False
+
+
 class Trainer:
     def __init__(self, s: Setup, run_dir: Path, resume: bool = False, progress: bool = True,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, controls: Mapping[str, float] | None = None,
+                 hooks: LoopHooks | None = None) -> None:
         self.s = s
         self.run_dir = run_dir
         self.step = 0
@@ -99,16 +156,14 @@ class Trainer:
         self.tracker_state: dict[str, Any] | None = None
         self.restored_from: Path | None = None  # the checkpoint a resumed run continues from
         self.lead = ranks.is_leader()  # records, checkpoints and shows progress
+        self.hooks = hooks or LoopHooks()
+        self.ended_early = False  # a hook ended training before total_steps
         if resume:
             self._restore()
-        clip = s.cfg.clip
         self.tracker = Tracker(
             s.model, s.optimizer, s.driver.scheduler if s.driver else None,
-            run_dir=run_dir, clip=clip.mode, max_norm=clip.max_norm, norm_type=clip.norm_type,
-            max_value=clip.max_value, nonfinite=clip.nonfinite,
-            clip_options=clip.adaptive_options(), total_steps=s.total_steps,
-            per_param_scalars=clip.per_param_scalars, checkpoint=self._checkpoint,
-            start_step=self.step, meta=meta)
+            run_dir=run_dir, total_steps=s.total_steps, checkpoint=self._checkpoint,
+            start_step=self.step, meta=meta, **tracker_options(s.cfg.clip))
         if self.tracker_state:
             self.tracker.load_state_dict(self.tracker_state)
         if resume and self.restored_from is not None:
@@ -116,8 +171,22 @@ class Trainer:
                                {"path": str(self.restored_from.relative_to(run_dir))})
         elif resume:
             self.tracker.event("resume", "no checkpoint to resume from: started over")
+        for key, value in (controls or {}).items():
+            self._apply_control(key, value)
         self.progress = RunProgress(run_dir.name, s.total_steps, self.step,
                                     enabled=progress and self.lead)
+
+    def _apply_control(self, key: str, value: float) -> None:
+        """A `--set` on resume: the same change `clipdash ctl set` makes, from this step."""
+        from clipdash.track.writer import Command
+
+        # TODO(after the Tracker split): go through the run-control part's public entry point.
+        outcome = self.tracker.steering.apply(
+            Command(0, "resume", "set", key, repr(value)), self.step)
+        if not outcome.applied:
+            raise CheckpointError(f"--set {key}={value:g} on resume: {outcome.message}")
+        data = dict(outcome.event or {}, source="resume")
+        self.tracker.event("control", f"{outcome.message} (--set on resume)", data)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -150,8 +219,8 @@ class Trainer:
         if path is None:
             return
         s = self.s
+        state = checkpoint.load(path)  # CheckpointError (one line) if unsafe or unreadable
         try:
-            state = checkpoint.load(path)
             s.model.load_state_dict(state["model"])
             s.optimizer.load_state_dict(state["optimizer"])
             if s.driver and state.get("scheduler") is not None:
@@ -160,7 +229,7 @@ class Trainer:
             epoch, batch = state["position"]
             self.position = (int(epoch), int(batch))
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot resume from this"
-            raise checkpoint.CheckpointError(
+            raise CheckpointError(
                 f"{path}: cannot resume from it ({type(exc).__name__}: {exc}); was the config "
                 "changed?") from exc
         self.restored_from = path
@@ -177,7 +246,8 @@ class Trainer:
         try:
             with self.tracker:
                 self._train()
-                if self.last_eval_step != self.step - 1 and self.step > 0:
+                if (self.hooks.final_eval and self.last_eval_step != self.step - 1
+                        and self.step > 0):
                     self._evaluate()
         finally:
             self.progress.close()
@@ -187,8 +257,10 @@ class Trainer:
         s, tracker = self.s, self.tracker
         cfg = s.cfg.train
         epoch, start = self.position
-        while self.step < s.total_steps and not tracker.should_stop:
+        hooks = self.hooks
+        while self.step < s.total_steps and not tracker.should_stop and not self.ended_early:
             for batch_idx, (x, y) in enumerate(s.train.epoch(epoch, start), start=start):
+                hooks.before_step(self, self.step)
                 loss = self._forward_backward(x, y)
                 if tracker.clip():
                     s.optimizer.step()
@@ -202,6 +274,9 @@ class Trainer:
                     s.driver.after_epoch(epoch, self.last_val)
                 self.position = (epoch + 1, 0) if last_in_epoch else (epoch, batch_idx + 1)
                 tracker.step(loss, epoch)
+                if hooks.after_step(self, self.step - 1, loss):
+                    self.ended_early = True
+                    break
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self._checkpoint("periodic")
                 if self.progress.due():

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from clipdash.analysis.lr_find import DivergenceWatch, LrSuggestion, lr_at, suggest
-from clipdash.engine.config import Config, dump_toml
-from clipdash.store.layout import CONFIG_NAME
+from clipdash.engine.config import Config
+from clipdash.engine.loop import LoopHooks, Trainer
 
 
 @dataclass
@@ -27,6 +29,7 @@ class LrFindResult:
     stopped_early: bool = False
     steps_per_epoch: int = 0
     suggestion: LrSuggestion | None = None
+    failed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         s = self.suggestion
@@ -48,59 +51,52 @@ def prepare_config(cfg: Config, start_lr: float, steps: int) -> Config:
     return cfg
 
 
+class _Ramp(LoopHooks):
+    """The range test as hooks on the ordinary loop: set each step's LR, watch the loss."""
+
+    final_eval = False  # loss vs LR only
+
+    def __init__(self, result: LrFindResult, start_lr: float, end_lr: float, steps: int) -> None:
+        self.result = result
+        self.start_lr, self.end_lr, self.steps = start_lr, end_lr, steps
+        self.watch = DivergenceWatch()
+        self.lr = start_lr
+
+    def before_step(self, trainer: Trainer, step: int) -> None:
+        self.lr = lr_at(step, self.start_lr, self.end_lr, self.steps)
+        for group in trainer.s.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def after_step(self, trainer: Trainer, step: int, loss: Tensor) -> bool:
+        value = float(loss.detach())  # one sync a step: fine for a test of ~100 steps
+        self.result.lrs.append(self.lr)
+        self.result.losses.append(value)
+        if not self.watch.update(value):
+            return False
+        self.result.stopped_early = True
+        trainer.tracker.event("lr_find", f"loss diverged at step {step} "
+                                              f"(lr {self.lr:.3g}): stopping the range test")
+        return True
+
+
 def lr_find(cfg: Config, run_dir: Path, start_lr: float, end_lr: float, steps: int,
             progress: bool = True) -> LrFindResult:
-    """Run the range test; `cfg` must already be `prepare_config`ed. Creates `run_dir`."""
-    from clipdash.engine.loop import setup
-    from clipdash.engine.progress import RunProgress
-    from clipdash.track.tracker import Tracker
+    """Run the range test; `cfg` must already be `prepare_config`ed. Creates `run_dir`.
 
-    s = setup(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_NAME).write_text(dump_toml(cfg.to_dict()))
-    clip = cfg.clip
-    tracker = Tracker(
-        s.model, s.optimizer, None, run_dir=run_dir, clip=clip.mode, max_norm=clip.max_norm,
-        norm_type=clip.norm_type, max_value=clip.max_value, nonfinite=clip.nonfinite,
-        clip_options=clip.adaptive_options(), total_steps=steps,
-        per_param_scalars=clip.per_param_scalars,
-        meta={"kind": "lr_find", "lr_find": {"start_lr": start_lr, "end_lr": end_lr,
-                                             "steps": steps}})
-    result = LrFindResult(run_dir, steps_per_epoch=s.steps_per_epoch)
-    watch = DivergenceWatch()
-    bar = RunProgress(run_dir.name, steps, enabled=progress)
-    tracker.handle_signals()
-    step, epoch = 0, 0
-    try:
-        with tracker:
-            while step < steps and not tracker.should_stop:
-                for x, y in s.train.epoch(epoch):
-                    lr = lr_at(step, start_lr, end_lr, steps)
-                    for group in s.optimizer.param_groups:
-                        group["lr"] = lr
-                    s.optimizer.zero_grad(set_to_none=True)
-                    loss = s.loss_fn(s.model(x), y)
-                    loss.backward()
-                    if tracker.clip():
-                        s.optimizer.step()
-                    tracker.step(loss, epoch)
-                    value = float(loss.detach())  # one sync a step: fine for a test of ~100 steps
-                    result.lrs.append(lr)
-                    result.losses.append(value)
-                    step += 1
-                    if bar.due():
-                        bar.update(step, tracker.latest())
-                    if watch.update(value):
-                        result.stopped_early = True
-                        tracker.event("lr_find", f"loss diverged at step {step - 1} "
-                                                 f"(lr {lr:.3g}): stopping the range test")
-                        break
-                    if step >= steps or tracker.should_stop:
-                        break
-                if result.stopped_early:
-                    break
-                epoch += 1
-    finally:
-        bar.close()
+    The test is an ordinary run of the engine's loop (same Tracker options, same lifecycle:
+    nothing left behind when it cannot start, error.log when it fails); RunError or
+    ConfigError when it cannot start, `result.failed` when it failed while training.
+    """
+    from clipdash.engine.lifecycle import train
+    from clipdash.engine.loop import setup
+
+    prepared = setup(cfg)
+    result = LrFindResult(run_dir, steps_per_epoch=prepared.steps_per_epoch)
+    ramp = _Ramp(result, start_lr, end_lr, steps)
+    meta = {"kind": "lr_find", "lr_find": {"start_lr": start_lr, "end_lr": end_lr,
+                                           "steps": steps}}
+    code = train(cfg, prepared, run_dir, resume=False, progress=progress,
+                 runs_dir=run_dir.parent, meta=meta, hooks=ramp, report=False)
+    result.failed = code != 0
     result.suggestion = suggest(result.lrs, result.losses)
     return result

@@ -83,7 +83,7 @@ def validate_optimizer(t: Table) -> OptimizerConfig:
     params, _ = _signature(cls, ("self", "params"))
     lr_default = params["lr"].default if "lr" in params else inspect.Parameter.empty
     if t.has("lr") or lr_default is inspect.Parameter.empty or not is_number(lr_default):
-        lr = t.get("lr", Spec(None, "float", lo=0.0), required=True)
+        lr = t.get("lr", Spec(None, "float", lo=0.0, f32=True), required=True)
     else:
         t.seen.add("lr")
         lr = float(lr_default)  # type: ignore[arg-type]
@@ -119,7 +119,24 @@ def validate_scheduler(t: Table, nested: bool = False) -> SchedulerConfig:
         interval = t.get("interval", Spec(default, "str", choices=("epoch", "step")))
     kwargs = t.rest()
     _check_kwargs(t, classes[name], kwargs, ("self", "optimizer", "schedulers"))
+    if name == "CyclicLR":
+        _check_cyclic_bounds(t, kwargs)
     return SchedulerConfig(name, interval, kwargs, children)
+
+
+def _check_cyclic_bounds(t: Table, kwargs: dict[str, Any]) -> None:
+    """CyclicLR takes base_lr > max_lr without a word and then cycles upside down."""
+    base, top = kwargs.get("base_lr"), kwargs.get("max_lr")
+    bases = base if isinstance(base, list) else [base]
+    tops = top if isinstance(top, list) else [top]
+    if len(bases) == 1:
+        bases = bases * len(tops)
+    if len(tops) == 1:
+        tops = tops * len(bases)
+    for b, m in zip(bases, tops, strict=False):
+        if is_number(b) and is_number(m) and b > m:
+            raise t.error("base_lr", f"base_lr ({fmt(b)}) is above max_lr ({fmt(m)}): the "
+                                     "cycle would run upside down")
 
 
 def _names(name: str, children: list[SchedulerConfig]) -> list[str]:
@@ -162,15 +179,22 @@ def _segment_lengths(sc: SchedulerConfig, length: int) -> list[int]:
 
 
 def make_scheduler(sc: SchedulerConfig, optimizer: Optimizer, length: int, source: str,
-                   path: str = "scheduler") -> Any:
-    """Construct `sc` (children first) on `optimizer`; `length` fills OneCycleLR's total_steps."""
+                   path: str = "scheduler", strict: bool = True) -> Any:
+    """Construct `sc` (children first) on `optimizer`; `length` fills OneCycleLR's total_steps.
+
+    `length` is how many times the scheduler will be stepped; with `strict`, a OneCycleLR given
+    a shorter length of its own is refused now (torch raises at the step past its end).
+    """
     kwargs = dict(sc.kwargs)
-    if sc.name == "OneCycleLR" and not {"total_steps", "epochs", "steps_per_epoch"} & set(kwargs):
-        kwargs["total_steps"] = max(1, length)
+    if sc.name == "OneCycleLR":
+        if not {"total_steps", "epochs", "steps_per_epoch"} & set(kwargs):
+            kwargs["total_steps"] = max(1, length)
+        elif strict:
+            _check_one_cycle_length(sc, kwargs, length, source, path)
     if sc.schedulers:
         lengths = _segment_lengths(sc, length)
         kwargs["schedulers"] = [
-            make_scheduler(c, optimizer, n, source, f"{path}.schedulers[{i}]")
+            make_scheduler(c, optimizer, n, source, f"{path}.schedulers[{i}]", strict)
             for i, (c, n) in enumerate(zip(sc.schedulers, lengths, strict=False))
         ]
     cls = scheduler_classes()[sc.name]
@@ -178,6 +202,20 @@ def make_scheduler(sc: SchedulerConfig, optimizer: Optimizer, length: int, sourc
         return cls(optimizer=optimizer, **kwargs)
     except (TypeError, ValueError, RuntimeError, KeyError, IndexError) as exc:
         raise ConfigError(source, path, f"{sc.name} rejected its arguments: {exc}") from exc
+
+
+def _check_one_cycle_length(sc: SchedulerConfig, kwargs: dict[str, Any], length: int,
+                            source: str, path: str) -> None:
+    total: Any = kwargs.get("total_steps")
+    if total is None and is_number(kwargs.get("epochs")) and is_number(
+            kwargs.get("steps_per_epoch")):
+        total = kwargs["epochs"] * kwargs["steps_per_epoch"]
+    if is_number(total) and total < length:
+        unit = "epoch" if sc.interval == "epoch" else "step"
+        raise ConfigError(source, f"{path}.total_steps",
+                          f"OneCycleLR covers {total} {unit}s but the run steps it {length} "
+                          "times (torch fails past its end); raise total_steps or leave it out "
+                          "to fit the run")
 
 
 class ScheduleDriver:
@@ -243,4 +281,4 @@ def dry_run(cfg: Config) -> None:
     else:
         optimizer = make_optimizer(oc, [param], cfg.source)
     if cfg.scheduler is not None:
-        make_scheduler(cfg.scheduler, optimizer, 100, cfg.source)
+        make_scheduler(cfg.scheduler, optimizer, 100, cfg.source, strict=False)

@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clipdash.engine.builtins import fmt
-from clipdash.engine.errors import ConfigError
+from clipdash.engine.errors import ConfigError, RunError
 from clipdash.store.layout import CHECKPOINT_DIR, CONFIG_NAME, DEFAULT_RUNS_DIR, is_run_dir
+from clipdash.store.names import check_run_name
 
 BOOKKEEPING = ".sweep"
 RESULTS_NAME = "results.json"
@@ -173,6 +174,7 @@ class Combo:
     config: dict[str, Any] | None = None  # resolved, without [sweep]; None when invalid
     error: str | None = None
     action: str = "fresh"  # fresh | resume | restart | skip | busy | invalid
+    error_note: str | None = None  # why a busy run is busy
 
 
 @dataclass
@@ -206,9 +208,12 @@ def plan_sweep(config_path: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR,
                                            "(use `clipdash run` for a single run)")
     grid = flatten(raw.pop("sweep"), source)
     keys = [k for k, _ in grid]
-    sweep_name = name or Path(config_path).stem
-    if not sweep_name.strip() or "/" in sweep_name or "\\" in sweep_name:
-        raise ConfigError(source, "", f"bad sweep name {sweep_name!r}")
+    try:
+        sweep_name = check_run_name(name or Path(config_path).stem, runs_dir)
+    except ValueError as exc:
+        raise ConfigError(source, "--name", str(exc)) from None
+    if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
+        raise ConfigError(source, "--runs-dir", f"{runs_dir} is not a directory")
     plan = Plan(sweep_name, Path(runs_dir) / sweep_name, source, keys)
     if is_run_dir(plan.folder):
         raise ConfigError(source, "", f"{plan.folder} is a run, not a sweep folder "
@@ -258,6 +263,7 @@ def _live(status: str) -> bool:
 def _decide(plan: Plan) -> None:
     """What each valid combination needs, given what its run directory already holds."""
     from clipdash.store import RunReader, StoreError
+    from clipdash.store.lock import holder
 
     for combo in plan.combos:
         if combo.error:
@@ -265,6 +271,11 @@ def _decide(plan: Plan) -> None:
         run_dir = plan.folder / combo.name
         if not run_dir.exists():
             combo.action = "fresh"
+            continue
+        who = holder(run_dir)
+        if who is not None:  # a live writer, even a frozen one whose record reads "lost"
+            combo.action = "busy"
+            combo.error_note = f"being written by pid {who.get('pid')} on {who.get('host')}"
             continue
         if not is_run_dir(run_dir):
             combo.action = "restart"  # a run that never recorded a step: nothing to keep
@@ -359,8 +370,8 @@ def run_plan(plan: Plan, jobs: int, display: Display,
         elif combo.action == "skip":
             outcomes[combo.name] = Outcome(combo.name, "skipped", message="already finished")
         elif combo.action == "busy":
-            outcomes[combo.name] = Outcome(combo.name, "busy",
-                                           message="running in another process")
+            outcomes[combo.name] = Outcome(combo.name, "busy", message=combo.error_note
+                                           or "running in another process")
         else:
             queue.append(combo)
     for combo in plan.combos:
@@ -495,8 +506,8 @@ def child_main(argv: Sequence[str]) -> int:
     parser.add_argument("--hparams", default="{}")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
-    from clipdash.commands.run import train
     from clipdash.engine.config import load_config
+    from clipdash.engine.lifecycle import train
     from clipdash.engine.loop import setup
 
     try:
@@ -514,10 +525,12 @@ def child_main(argv: Sequence[str]) -> int:
         return train(cfg, prepared, run_dir, resume=args.resume, progress=False,
                      runs_dir=str(run_dir.parent),
                      meta={"sweep": args.sweep, "hparams": hparams})
-    except BaseException:
+    except RunError as exc:  # locked by another writer, unsafe checkpoint, disk problems
+        print(f"clipdash sweep: {exc}", file=sys.stderr)
+        return 2
+    finally:
         if created and not is_run_dir(run_dir):  # leave no half-made run behind
             shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
 
 if __name__ == "__main__":
