@@ -298,16 +298,14 @@ def test_the_trainer_rejects_what_the_client_cannot_know(tmp_path: Path) -> None
     with tracker:
         query(tracker.run_dir, "DELETE FROM meta WHERE key = 'settable'")
         res = control.set_value(tracker.run_dir, "max_norm", 0.5, wait=False)
-        while not tracker.writer.inbox:
-            time.sleep(0.01)
+        wait_until(lambda: bool(tracker.writer.inbox), 10, "the command in the inbox")
         tracker.step(0.0)
         tracker.flush()
         with pytest.raises(control.ControlError, match="max_norm cannot be set on this run "
                                                        r"\(clip mode value"):
             control.wait_for(tracker.run_dir, res.id, timeout=5)
         res = control.set_value(tracker.run_dir, "max_value", 0.25, wait=False)
-        while not tracker.writer.inbox:
-            time.sleep(0.01)
+        wait_until(lambda: bool(tracker.writer.inbox), 10, "the command in the inbox")
         tracker.step(0.0)
         assert control.wait_for(tracker.run_dir, res.id, timeout=5).step == 2
         assert tracker.clipper.get("max_value") == 0.25

@@ -22,7 +22,14 @@ import pytest
 import torch
 from torch import nn
 from torch.optim import lr_scheduler as sched
-from trainer_proc import Trainer, clipdash, control_events, steps_table, write_config
+from trainer_proc import (
+    Trainer,
+    clipdash,
+    control_events,
+    steps_table,
+    wait_until,
+    write_config,
+)
 
 from clipdash import control
 from clipdash.track.lr import scale_lr
@@ -150,8 +157,9 @@ def test_lambda_lr_change_through_the_command_path(tmp_path: Path) -> None:
             lam.step()
             if t == 40:
                 sent = control.set_value(tracker.run_dir, "lr", 0.5, wait=False)
-                while not tracker.writer.inbox:  # the writer thread polls every 0.1 s
-                    time.sleep(0.005)
+                # The writer thread polls every 0.1 s.
+                wait_until(lambda: bool(tracker.writer.inbox), 10, "the command in the inbox",
+                           poll=0.005)
             if t == 41:
                 tracker.flush()
                 acked = control.wait_for(tracker.run_dir, sent.id, timeout=5)

@@ -107,9 +107,15 @@ class Spec:
         if self.kind in ("int", "ints") and self.hi is None and abs(v) > INT64_MAX:
             raise ValueError(f"must be below 2**63, got {fmt(v)}")
         if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
-            raise ValueError(f"must be {'>' if self.lo_open else '>='} {self.lo:g}, got {fmt(v)}")
+            raise ValueError(f"must be {'>' if self.lo_open else '>='} {_bound(self.lo)}, "
+                             f"got {fmt(v)}")
         if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
-            raise ValueError(f"must be {'<' if self.hi_open else '<='} {self.hi:g}, got {fmt(v)}")
+            raise ValueError(f"must be {'<' if self.hi_open else '<='} {_bound(self.hi)}, "
+                             f"got {fmt(v)}")
+
+
+def _bound(b: float) -> str:
+    return str(b) if isinstance(b, int) else f"{b:g}"
 
 
 def _pos_int(default: int, doc: str = "") -> Spec:

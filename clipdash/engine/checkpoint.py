@@ -96,7 +96,7 @@ def load(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - truncated, foreign, planted: all "cannot resume"
         detail = " ".join(str(exc).split())
         if isinstance(exc, pickle.UnpicklingError) and "weights only" in detail.lower():
-            m = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+            m = re.search(r"GLOBAL ([\w.]+)", detail)
             what = f" {m.group(1)}" if m else " an object"
             raise CheckpointError(
                 f"{path}: cannot resume from it: refused to unpickle{what} (clipdash loads "

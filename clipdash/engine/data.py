@@ -191,7 +191,14 @@ def _plugin(cfg: Config) -> DataBundle:
                                     f"got {type(train).__name__}") from None
     if empty:
         raise ConfigError(src, key, f"{cfg.data.kind} returned an empty training set")
-    x, y = (torch.as_tensor(v) for v in train[0])
+    try:
+        x, y = (torch.as_tensor(v) for v in train[0])
+    except Exception as exc:  # noqa: BLE001 - strings, nested ragged lists, objects
+        kinds = ", ".join(type(v).__name__ for v in train[0]) if isinstance(
+            train[0], (tuple, list)) else type(train[0]).__name__
+        raise ConfigError(src, key, f"samples must be (input, target) pairs of tensors or "
+                                    f"numbers; the first one holds ({kinds}): "
+                                    f"{type(exc).__name__}: {exc}") from None
     classify = not (y.is_floating_point() or y.is_complex()) and y.dtype != torch.bool
     seq_len = x.shape[0] if x.dim() == 2 else None
     input_dim = x.shape[-1] if x.dim() in (1, 2) else max(1, x.numel())

@@ -29,9 +29,10 @@ import shutil
 import sqlite3
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipdash.engine.config import Config, dump_toml, load_config, parse_toml
 from clipdash.engine.errors import ConfigError, RunError
@@ -39,9 +40,13 @@ from clipdash.store import lock
 from clipdash.store.layout import CONFIG_NAME
 from clipdash.store.names import check_run_name, default_run_name
 
+if TYPE_CHECKING:
+    from clipdash.engine.loop import Trainer
+
 ERROR_LOG = "error.log"
 ERROR_RESERVE = ".error.log.reserve"
 RESERVE_BYTES = 64 * 1024  # a traceback and then some
+LOW_SPACE_BYTES = 1 << 20
 # Keys a resume may change in place: applied as control changes (key in the run's control API).
 RESUME_CONTROLS: dict[tuple[str, ...], str] = {
     ("clip", "max_norm"): "max_norm", ("clip", "max_value"): "max_value",
@@ -214,9 +219,20 @@ def _disk_problem(exc: BaseException | None, run_dir: Path) -> str | None:
         if code in (errno.EACCES, errno.EPERM):
             return f"no permission to write in {run_dir}"
         if code == errno.EIO or "disk i/o error" in text:
+            # SQLite reports a full disk as an I/O error when its shared-memory file cannot
+            # grow: look at the disk before blaming the hardware.
+            if _free_bytes(run_dir) < LOW_SPACE_BYTES:
+                return f"no space left on the disk holding {run_dir}"
             return f"an I/O error writing {run_dir}"
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _free_bytes(path: Path) -> int:
+    for candidate in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(candidate).free
+    return 1 << 62
 
 
 def _create(cfg: Config, run_dir: Path) -> None:
@@ -260,19 +276,26 @@ def _train(cfg: Config, prepared: Any, run_dir: Path, *, resume: bool, progress:
         _create(cfg, run_dir)
     elif lead:
         check_resumable(run_dir)  # again: the lock may have been taken since the command looked
-        for tmp in checkpoint.cleanup_partial(run_dir):
-            print(f"clipdash run: removed {tmp.name}, left by a crash during a checkpoint "
-                  "write", file=sys.stderr)
-    if lead:
-        _reserve(run_dir)
+    claim = _claim(run_dir) if lead else None
     try:
-        trainer = Trainer(prepared, run_dir, resume=resume, progress=progress, meta=meta,
-                          controls=changes.controls if changes else None, hooks=hooks)
-        held = _hold_lock(run_dir) if lead else None
+        if lead and resume:
+            for tmp in checkpoint.cleanup_partial(run_dir):
+                print(f"clipdash run: removed {tmp.name}, left by a crash during a checkpoint "
+                      "write", file=sys.stderr)
+        if lead:
+            _reserve(run_dir)
+
+        def make() -> Trainer:
+            return Trainer(prepared, run_dir, resume=resume, progress=progress, meta=meta,
+                           controls=changes.controls if changes else None, hooks=hooks)
+
+        trainer, claim = _open(make, claim)
         if lead and resume:
             _write_config(run_dir, cfg)  # what the resumed run uses, once it owns the run
     except Exception as exc:
         _unreserve(run_dir)
+        if claim is not None:
+            claim.release()
         if created:  # nothing was recorded: leave no half-made run behind
             shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(exc, (RunError, ConfigError)):
@@ -304,15 +327,36 @@ def _train(cfg: Config, prepared: Any, run_dir: Path, *, resume: bool, progress:
         return 0
     finally:
         _unreserve(run_dir)
-        if held is not None:
-            held.release()
+        if claim is not None:
+            claim.release()
 
 
-def _hold_lock(run_dir: Path) -> lock.RunLock | None:
-    """Take the run's writer lock unless the Tracker (this process) already holds it."""
-    if lock.holder(run_dir) is not None:
-        return None  # the Tracker takes it itself: a second flock here would lock us out
-    return lock.acquire(run_dir)
+def _claim(run_dir: Path) -> lock.RunLock:
+    """The run's writer lock, taken before the run is touched (RunError naming the holder).
+
+    Of two resumes started together, one is refused here; a frozen (SIGSTOP) trainer still
+    holds its lock, so it blocks a resume whatever its stale heartbeat says.
+    """
+    try:
+        return lock.acquire(run_dir)
+    except lock.RunLocked as exc:
+        raise RunError(str(exc)) from None
+
+
+def _open(make: Callable[[], Trainer], claim: lock.RunLock | None
+          ) -> tuple[Trainer, lock.RunLock | None]:
+    """`make()`, handing the lock over when the Tracker takes the run's lock itself.
+
+    A Tracker that locks the run finds this process's claim and refuses; then the claim is
+    released and the Tracker opened again, now holding the lock for the run's life.
+    """
+    try:
+        return make(), claim
+    except lock.RunLocked as exc:
+        if claim is None or exc.info.get("pid") != os.getpid():
+            raise
+        claim.release()
+        return make(), None
 
 
 def _raise_record_error(trainer: Any) -> None:
