@@ -270,3 +270,57 @@ def test_config_module_does_not_import_torch() -> None:
     code = "import sys, clipdash.engine.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_threads_key_is_validated(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, with_(train__threads=3))).train.threads == 3
+    assert error_for(tmp_path, with_(train__threads=0)) == "train.threads: must be >= 1, got 0"
+    assert error_for(tmp_path, with_(train__threads="4")).startswith(
+        "train.threads: expected an integer")
+
+
+def test_threads_default_follows_the_environment_and_the_ranks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from clipdash.engine.loop import threads_for
+
+    cfg = load_config(write(tmp_path, BASE))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_for(cfg) == 3  # the user (or a sweep splitting the cores) chose
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert threads_for(cfg) == 4  # small models get slower past a few threads
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert threads_for(cfg) == 2  # 8 ranks on this machine share its 16 cores
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert threads_for(cfg) == 1
+    cfg.train.threads = 5
+    assert threads_for(cfg) == 5  # an explicit key wins over everything
+
+
+def test_setup_applies_threads(tmp_path: Path) -> None:
+    code = ("import torch\n"
+            "from clipdash.engine.config import load_config\n"
+            "from clipdash.engine.loop import setup\n"
+            f"setup(load_config({str(write(tmp_path, with_(train__threads=2)))!r}))\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert out.stdout.strip() == "2", out.stderr
+
+
+def test_total_steps_is_the_one_the_loop_uses(tmp_path: Path) -> None:
+    from clipdash.engine.loop import setup
+
+    for train in ({"epochs": 3}, {"max_steps": 7}, {"epochs": 3, "max_steps": 7},
+                  {"epochs": 2**62, "max_steps": 5}):
+        cfg = config_from_dict(with_(train=train), "x.toml")
+        s = setup(cfg)
+        assert s.total_steps == cfg.train.total_steps(s.steps_per_epoch)
+        expected = min(train.get("epochs", 2**63) * s.steps_per_epoch,
+                       train.get("max_steps", 2**63))
+        assert s.total_steps == expected
