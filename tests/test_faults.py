@@ -305,3 +305,17 @@ def test_a_read_only_runs_dir(tmp_path: Path) -> None:
         assert res.stderr.count("\n") == 1
         assert "read-only" in res.stderr or "no permission" in res.stderr
     assert list(src.iterdir()) == []
+
+
+def test_planted_symlinks_in_a_run_dir_are_not_written_through(tmp_path: Path) -> None:
+    _, run_dir = stopped_run(tmp_path, steps=60)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    names = [".error.log.reserve", ".config.toml.tmp", "checkpoints/step-000000999.pt.tmp"]
+    for name in names:
+        (run_dir / name).symlink_to(victim)
+    res = clipdash("run", "--resume", "r", "--runs-dir", str(run_dir.parent), "--set",
+                   "train.max_steps=300", "--set", "train.checkpoint_every=100", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert victim.read_text() == "keep me"
+    assert not any((run_dir / name).is_symlink() for name in names)

@@ -46,6 +46,7 @@ def save(run_dir: Path, state: dict[str, Any], step: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     state = dict(state, rng=rng_state())
+    tmp.unlink(missing_ok=True)  # never write through something planted under this name
     torch.save(state, tmp)
     os.replace(tmp, path)
     for old in sorted(folder.glob("step-*.pt"))[:-KEEP]:
@@ -79,7 +80,7 @@ def cleanup_partial(run_dir: Path) -> list[Path]:
     """Remove the `step-N.pt.tmp` a crash during a checkpoint write left; returns them."""
     removed = []
     for tmp in checkpoint_dir(run_dir).glob("step-*.pt.tmp"):
-        if tmp.is_file() and not tmp.is_symlink():
+        if tmp.is_file() or tmp.is_symlink():  # a link goes, not what it points to
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

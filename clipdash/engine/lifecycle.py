@@ -248,16 +248,30 @@ def _create(cfg: Config, run_dir: Path) -> None:
         raise RunError(f"cannot create the run directory {run_dir}: {problem}") from None
 
 
+def write_new(path: Path, data: bytes) -> None:
+    """Write `path` as a new file of this process's own.
+
+    Run directories are untrusted: a planted symlink named like one of our files must not
+    make us write through it (as root, onto anything). Whatever has the name is removed first
+    and the file is created with O_EXCL | O_NOFOLLOW.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def _write_config(run_dir: Path, cfg: Config) -> None:
     tmp = run_dir / f".{CONFIG_NAME}.tmp"
-    tmp.write_text(dump_toml(cfg.to_dict()))
+    write_new(tmp, dump_toml(cfg.to_dict()).encode())
     os.replace(tmp, run_dir / CONFIG_NAME)
 
 
 def _reserve(run_dir: Path) -> None:
     """Hold a little disk space so that error.log can be written on a full disk."""
-    with contextlib.suppress(OSError), open(run_dir / ERROR_RESERVE, "wb") as f:
-        f.write(b"\0" * RESERVE_BYTES)
+    with contextlib.suppress(OSError):
+        write_new(run_dir / ERROR_RESERVE, b"\0" * RESERVE_BYTES)
 
 
 def _unreserve(run_dir: Path) -> None:
@@ -276,8 +290,9 @@ def _train(cfg: Config, prepared: Any, run_dir: Path, *, resume: bool, progress:
         _create(cfg, run_dir)
     elif lead:
         check_resumable(run_dir)  # again: the lock may have been taken since the command looked
-    claim = _claim(run_dir) if lead else None
+    claim: lock.RunLock | None = None
     try:
+        claim = _claim(run_dir) if lead else None
         if lead and resume:
             for tmp in checkpoint.cleanup_partial(run_dir):
                 print(f"clipdash run: removed {tmp.name}, left by a crash during a checkpoint "
@@ -370,7 +385,7 @@ def _report_failure(run_dir: Path, step: int, exc: BaseException) -> int:
     log = run_dir / ERROR_LOG
     _unreserve(run_dir)  # frees the space error.log is written into
     try:
-        log.write_text(traceback.format_exc())
+        write_new(log, traceback.format_exc().encode())
         where = f"traceback in {log}"
     except OSError as write_exc:
         where = f"could not write {log}: {write_exc.strerror or write_exc}"
