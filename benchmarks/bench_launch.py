@@ -80,7 +80,8 @@ def main() -> None:
         for i in range(args.repeat):
             launch.append(first_step_s(work, f"r{i}"))
             torch_only.append(import_torch_s())
-            print(f"launch -> first step {launch[-1]:.2f} s   (import torch {torch_only[-1]:.2f} s)")
+            print(f"launch -> first step {launch[-1]:.2f} s   "
+                  f"(import torch {torch_only[-1]:.2f} s)")
     print(f"median: launch -> first step {statistics.median(launch):.2f} s, "
           f"import torch {statistics.median(torch_only):.2f} s")
 

@@ -161,7 +161,7 @@ def test_a_sweep_does_not_resume_a_member_another_process_writes(tmp_path: Path)
         res = clipdash("sweep", str(sweep), "--runs-dir", str(runs), "--name", "g",
                        timeout=240)
         out = res.stdout + res.stderr
-        assert f"max_norm=0.5: busy" in out and f"pid {holder.pid}" in out, out
+        assert "max_norm=0.5: busy" in out and f"pid {holder.pid}" in out, out
     finally:
         holder.kill()
         holder.wait()

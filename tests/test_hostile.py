@@ -76,7 +76,7 @@ def test_values_a_float32_device_cannot_hold(tmp_path: Path, capsys: pytest.Capt
     finfo = torch.finfo(torch.float32)
     from clipdash.engine.builtins import F32_MAX, F32_TINY, check_f32
 
-    assert (F32_MAX, F32_TINY) == (finfo.max, finfo.tiny)
+    assert (finfo.max, finfo.tiny) == (F32_MAX, F32_TINY)
     check_f32(finfo.max)
     check_f32(finfo.tiny)
     with pytest.raises(ValueError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 import signal
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
