@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/bench_launch.py [--repeat 5]
 
-Prints, per launch: seconds until the process starts training (the first row in the store,
-polled every 5 ms; the Tracker flushes its first batch at once) and the bare `import torch`
-time in a fresh interpreter for scale, then the median of each. `clipdash run` cannot start
-faster than `import torch`; what is above it is clipdash's own start-up.
+Prints, per launch: wall seconds until the first row is in the store (polled every 5 ms; the
+engine flushes the first step at once), the CPU seconds the process used by then (steadier
+than wall time on a shared machine), and the same two for a bare `import torch` in a fresh
+interpreter, then the medians. `clipdash run` cannot start faster than `import torch`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,14 @@ max_steps = 2000
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def first_step_s(workdir: Path, name: str) -> float:
+def _cpu_after_kill(proc: subprocess.Popen[bytes]) -> float:
+    proc.kill()
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = -9
+    return usage.ru_utime + usage.ru_stime
+
+
+def first_step_s(workdir: Path, name: str) -> tuple[float, float]:
     db = workdir / "runs" / name / "clipdash.sqlite"
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "clipdash", "run", "cfg.toml", "--name", name,
@@ -51,7 +58,8 @@ def first_step_s(workdir: Path, name: str) -> float:
                     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
                     try:
                         if conn.execute("SELECT 1 FROM steps LIMIT 1").fetchone():
-                            return time.perf_counter() - start
+                            wall = time.perf_counter() - start
+                            return wall, _cpu_after_kill(proc)
                     finally:
                         conn.close()
                 except sqlite3.Error:
@@ -59,31 +67,39 @@ def first_step_s(workdir: Path, name: str) -> float:
             time.sleep(0.005)
         raise RuntimeError("no step recorded within 120 s")
     finally:
-        proc.kill()
-        proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
 
 
-def import_torch_s() -> float:
+def import_torch_s() -> tuple[float, float]:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch"], env=ENV, check=True)
-    return time.perf_counter() - start
+    proc = subprocess.Popen([sys.executable, "-c", "import torch"], env=ENV)
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    launch, torch_only = [], []
+    launch: list[tuple[float, float]] = []
+    torch_only: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "cfg.toml").write_text(CONFIG)
         for i in range(args.repeat):
             launch.append(first_step_s(work, f"r{i}"))
             torch_only.append(import_torch_s())
-            print(f"launch -> first step {launch[-1]:.2f} s   "
-                  f"(import torch {torch_only[-1]:.2f} s)")
-    print(f"median: launch -> first step {statistics.median(launch):.2f} s, "
-          f"import torch {statistics.median(torch_only):.2f} s")
+            print(f"launch -> first step {launch[-1][0]:.2f} s ({launch[-1][1]:.2f} s CPU)   "
+                  f"import torch {torch_only[-1][0]:.2f} s ({torch_only[-1][1]:.2f} s CPU)")
+
+    def med(rows: list[tuple[float, float]], i: int) -> float:
+        return statistics.median(r[i] for r in rows)
+
+    print(f"median: launch -> first step {med(launch, 0):.2f} s ({med(launch, 1):.2f} s CPU), "
+          f"import torch {med(torch_only, 0):.2f} s ({med(torch_only, 1):.2f} s CPU)")
 
 
 if __name__ == "__main__":

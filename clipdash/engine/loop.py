@@ -258,6 +258,7 @@ class Trainer:
         cfg = s.cfg.train
         epoch, start = self.position
         hooks = self.hooks
+        first = self.step + 1  # flushed at once, so `watch` and `ls` see the run start
         while self.step < s.total_steps and not tracker.should_stop and not self.ended_early:
             for batch_idx, (x, y) in enumerate(s.train.epoch(epoch, start), start=start):
                 hooks.before_step(self, self.step)
@@ -274,6 +275,8 @@ class Trainer:
                     s.driver.after_epoch(epoch, self.last_val)
                 self.position = (epoch + 1, 0) if last_in_epoch else (epoch, batch_idx + 1)
                 tracker.step(loss, epoch)
+                if self.step == first:
+                    tracker.flush(wait=False)
                 if hooks.after_step(self, self.step - 1, loss):
                     self.ended_early = True
                     break
