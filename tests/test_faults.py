@@ -319,3 +319,17 @@ def test_planted_symlinks_in_a_run_dir_are_not_written_through(tmp_path: Path) -
     assert res.returncode == 0, res.stderr
     assert victim.read_text() == "keep me"
     assert not any((run_dir / name).is_symlink() for name in names)
+
+
+def test_a_sweep_into_a_read_only_runs_dir(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.toml"
+    grid.write_text(write_config(tmp_path, max_steps=20).read_text()
+                    + '\n[sweep]\n"clip.max_norm" = [0.5, 1.0]\n')
+    src = tmp_path / "src"
+    src.mkdir()
+    with read_only(src, tmp_path / "ro") as runs:
+        res = clipdash("sweep", str(grid), "--runs-dir", str(runs))
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
+        assert "cannot write the sweep folder" in res.stderr
+    assert list(src.iterdir()) == []

@@ -149,7 +149,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipdash.analysis.metrics import rank, table
-    from clipdash.engine.errors import ConfigError
+    from clipdash.engine.errors import ConfigError, RunError
     from clipdash.engine.sweep import RESULTS_NAME, plan_sweep, results, run_plan
 
     if args.jobs < 1:
@@ -176,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipdash sweep: interrupted; run it again to resume {plan.folder}",
               file=sys.stderr)
         return 130
+    except RunError as exc:
+        display.close()
+        raise UsageError(str(exc)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     display.close()
@@ -189,7 +192,11 @@ def run(args: argparse.Namespace) -> int:
                "seconds": round(elapsed, 1), "keys": plan.keys,
                "runs": [r.to_json() for r in ordered]}
     if plan.folder.is_dir():
-        (plan.folder / RESULTS_NAME).write_text(json.dumps(payload, indent=1) + "\n")
+        try:
+            (plan.folder / RESULTS_NAME).write_text(json.dumps(payload, indent=1) + "\n")
+        except OSError as exc:  # the runs are recorded; only the summary file is missing
+            print(f"clipdash sweep: could not write {plan.folder / RESULTS_NAME}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
     if args.json:
         print(json.dumps(payload, indent=1))
     else:

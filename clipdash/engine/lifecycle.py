@@ -205,7 +205,7 @@ def train(cfg: Config, prepared: Any, run_dir: Path, *, resume: bool, progress: 
         ranks.shutdown()
 
 
-def _disk_problem(exc: BaseException | None, run_dir: Path) -> str | None:
+def disk_problem(exc: BaseException | None, run_dir: Path) -> str | None:
     """A one-line account of a file-system failure anywhere in `exc`'s chain, naming the dir."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -244,7 +244,7 @@ def _create(cfg: Config, run_dir: Path) -> None:
     except OSError as exc:
         if not existed:
             shutil.rmtree(run_dir, ignore_errors=True)
-        problem = _disk_problem(exc, run_dir) or (exc.strerror or str(exc))
+        problem = disk_problem(exc, run_dir) or (exc.strerror or str(exc))
         raise RunError(f"cannot create the run directory {run_dir}: {problem}") from None
 
 
@@ -317,7 +317,7 @@ def _train(cfg: Config, prepared: Any, run_dir: Path, *, resume: bool, progress:
             raise
         if isinstance(exc, lock.RunLocked):
             raise RunError(str(exc)) from None
-        problem = _disk_problem(exc, run_dir)
+        problem = disk_problem(exc, run_dir)
         if problem is None and not isinstance(exc, (OSError, sqlite3.Error)):
             raise
         raise RunError(f"cannot open the record in {run_dir}: "
@@ -356,6 +356,9 @@ def _claim(run_dir: Path) -> lock.RunLock:
         return lock.acquire(run_dir)
     except lock.RunLocked as exc:
         raise RunError(str(exc)) from None
+    except OSError as exc:  # a read-only copy of a run, a vanished directory
+        problem = disk_problem(exc, run_dir) or exc.strerror or str(exc)
+        raise RunError(f"cannot take the writer lock of {run_dir}: {problem}") from None
 
 
 def _open(make: Callable[[], Trainer], claim: lock.RunLock | None
@@ -389,7 +392,7 @@ def _report_failure(run_dir: Path, step: int, exc: BaseException) -> int:
         where = f"traceback in {log}"
     except OSError as write_exc:
         where = f"could not write {log}: {write_exc.strerror or write_exc}"
-    problem = _disk_problem(exc, run_dir)
+    problem = disk_problem(exc, run_dir)
     what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     cause = f"{problem} ({what})" if problem else what
     print(f"clipdash run: {run_dir.name} failed at step {step}: {cause} ({where})",

@@ -378,8 +378,14 @@ def run_plan(plan: Plan, jobs: int, display: Display,
         if combo.name in outcomes:
             display.ended(combo, outcomes[combo.name])
     if queue:
-        (plan.bookkeeping / "configs").mkdir(parents=True, exist_ok=True)
-        (plan.bookkeeping / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            (plan.bookkeeping / "configs").mkdir(parents=True, exist_ok=True)
+            (plan.bookkeeping / "logs").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # nothing has started: a usage problem, exit 2
+            from clipdash.engine.lifecycle import disk_problem
+
+            why = disk_problem(exc, plan.folder) or exc.strerror or str(exc)
+            raise RunError(f"cannot write the sweep folder {plan.folder}: {why}") from None
     env = child_env(jobs)
     running: list[_Child] = []
     total = len(plan.combos)
@@ -389,10 +395,18 @@ def run_plan(plan: Plan, jobs: int, display: Display,
         if combo.action == "restart":
             shutil.rmtree(run_dir, ignore_errors=True)
         assert combo.config is not None
-        plan.config_file(combo).write_text(dump_toml(combo.config))
-        log = open(plan.log_file(combo), "ab")  # noqa: SIM115 - closed when the child ends
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {combo.action}\n".encode())
-        log.flush()
+        try:
+            plan.config_file(combo).write_text(dump_toml(combo.config))
+            log = open(plan.log_file(combo), "ab")  # noqa: SIM115 - closed when the child ends
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {combo.action}\n".encode())
+            log.flush()
+        except OSError as exc:  # a full disk mid-sweep fails this run, not the whole sweep
+            from clipdash.engine.lifecycle import disk_problem
+
+            why = disk_problem(exc, plan.folder) or exc.strerror or str(exc)
+            outcomes[combo.name] = Outcome(combo.name, "failed", message=f"not started: {why}")
+            display.ended(combo, outcomes[combo.name])
+            return
         proc = subprocess.Popen(child_command(plan, combo, combo.action == "resume"),
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)  # Ctrl-C reaches only us; we relay it
