@@ -96,7 +96,7 @@ def check_resumable(run_dir: Path) -> None:
     after SIGCONT); a live-looking run whose process is gone counts as lost.
     """
     from clipdash.store.commands import process_gone
-    from clipdash.store.reader import RunReader
+    from clipdash.store.reader import LIVE_STATES, RunReader
     from clipdash.store.schema import StoreError
 
     who = lock.holder(run_dir)
@@ -113,7 +113,7 @@ def check_resumable(run_dir: Path) -> None:
         steps = "no" if last is None else last + 1
         raise RunError(f"run {run_dir.name} finished ({steps} steps): nothing to resume "
                        "(start a new run to train further)")
-    if status in ("running", "paused") and not process_gone(run_dir):
+    if status in LIVE_STATES and not process_gone(run_dir):
         raise RunError(f"run {run_dir.name} is {status} (pid {row.get('pid')} on "
                        f"{row.get('host')}): stop it before resuming it")
 

@@ -257,7 +257,9 @@ def plan_sweep(config_path: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR,
 
 
 def _live(status: str) -> bool:
-    return status in ("running", "paused")
+    from clipdash.store.reader import LIVE_STATES
+
+    return status in LIVE_STATES
 
 
 def _decide(plan: Plan) -> None:
