@@ -124,7 +124,7 @@ def test_a_frozen_trainer_blocks_a_resume(tmp_path: Path) -> None:
 def test_two_resumes_at_once_one_is_refused(tmp_path: Path) -> None:
     _, run_dir = stopped_run(tmp_path)
     runs = run_dir.parent
-    both = [Trainer.start(Path(), runs, "r", resume=True) for _ in range(2)]
+    both = [resume_process(runs, "r", runs / f"resume{i}.log") for i in range(2)]
     try:
         # One resumes (and trains on); the other is refused at once, naming the first.
         refused = wait_until(lambda: any(t.proc.poll() is not None for t in both), 60,
@@ -140,6 +140,15 @@ def test_two_resumes_at_once_one_is_refused(tmp_path: Path) -> None:
     finally:
         for t in both:
             t.kill()
+
+
+def resume_process(runs: Path, name: str, log: Path) -> Trainer:
+    """`clipdash run --resume NAME` with its own log (two at once must not share one)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "clipdash", "run", "--resume", name,
+                                 "--runs-dir", str(runs), "--no-progress"],
+                                stdout=out, stderr=subprocess.STDOUT, env=ENV)
+    return Trainer(proc, runs / name, log)
 
 
 def test_a_sweep_does_not_resume_a_member_another_process_writes(tmp_path: Path) -> None:
