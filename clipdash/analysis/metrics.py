@@ -18,8 +18,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from clipdash import jsonfmt
 from clipdash.store import CONFIG_NAME, RunReader, StoreError
 
 BLOWUP_FACTOR = 4.0
@@ -61,11 +62,8 @@ class RunMetrics:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():  # JSON has no NaN
-            if isinstance(v, float) and not math.isfinite(v):
-                d[k] = None if math.isnan(v) else str(v)
-        return d
+        """Strict JSON under the one convention (clipdash.jsonfmt: "inf", "-inf", "nan")."""
+        return cast(dict[str, Any], jsonfmt.strict(asdict(self)))
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -8,8 +8,8 @@ percentiles, the share of steps that threshold would have clipped. Math in clipd
 from __future__ import annotations
 
 import argparse
-import json
 
+from clipdash import jsonfmt
 from clipdash.commands.common import add_runs_dir, run_dir_arg
 from clipdash.commands.errors import UsageError
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = dict(s.to_json(), run=str(run_dir), clip_mode=meta.get("clip_mode"),
                    actual_clip_rate=actual_rate)
-        print(json.dumps(out, indent=1))
+        print(jsonfmt.dumps(out, indent=1))
         return 0
     mode = meta.get("clip_mode", "norm")
     print(f"{run_dir.name}: {s.n_finite} finite pre-clip gradient norms "
