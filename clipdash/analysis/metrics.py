@@ -177,23 +177,30 @@ def _columns(runs: Sequence[RunMetrics], metric: str) -> list[str]:
     return cols
 
 
+def threshold(r: RunMetrics) -> str:
+    """The MAX_NORM cell: the configured max_norm, or the clip mode when it is not by norm."""
+    if r.clip_mode in (None, "norm"):
+        return _fmt(r.max_norm)
+    return str(r.clip_mode)
+
+
 def table(runs: Sequence[RunMetrics], metric: str, extra: Sequence[str] = ()) -> list[str]:
     """The results table as aligned text lines, in the given order.
 
     Columns: rank, run, the ranking metric first, then val loss/accuracy (when any run has
-    them), final train loss, clip rate, mean pre-clip norm, diverged, status; `extra` adds
-    hparams columns.
+    them), final train loss, clip rate, mean pre-clip norm, max_norm (the config's; the clip mode
+    when not clipping by norm), diverged, status; `extra` adds hparams columns.
     """
     cols = _columns(runs, metric)
     header = ["#", "RUN", *[h.upper() for h in extra], *[c.upper() for c in cols],
-              "DIVERGED", "STATUS"]
+              "MAX_NORM", "DIVERGED", "STATUS"]
     rows = [header]
     for r in runs:
         status = r.status + (f": {r.error}" if r.error and r.status in ("invalid", "failed")
                              else "")
         rows.append([_fmt(r.rank), r.name, *[_fmt(r.hparams.get(h)) for h in extra],
                      *[_fmt(getattr(r, c), ".3f" if c == "clip_rate" else ".4g") for c in cols],
-                     _fmt(r.diverged) if r.steps else "-", status])
+                     threshold(r), _fmt(r.diverged) if r.steps else "-", status])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
             + "  " + row[-1] for row in rows]
@@ -202,11 +209,11 @@ def table(runs: Sequence[RunMetrics], metric: str, extra: Sequence[str] = ()) ->
 def markdown_table(runs: Sequence[RunMetrics], metric: str) -> list[str]:
     """The same table as GitHub markdown (for docs and reports)."""
     cols = _columns(runs, metric)
-    header = ["#", "run", *cols, "diverged", "status"]
+    header = ["#", "run", *cols, "max_norm", "diverged", "status"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in runs:
         vals = [_fmt(r.rank), f"`{r.name}`",
                 *[_fmt(getattr(r, c), ".3f" if c == "clip_rate" else ".4g") for c in cols],
-                _fmt(r.diverged) if r.steps else "-", r.status]
+                threshold(r), _fmt(r.diverged) if r.steps else "-", r.status]
         out.append("| " + " | ".join(vals) + " |")
     return out
