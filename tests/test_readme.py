@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from trainer_proc import ENV, clipdash, query, wait_until
+from tui_fixtures import make_run
 
 from clipdash.store.layout import resolve_run
-from tui_fixtures import make_run
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

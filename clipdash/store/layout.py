@@ -106,7 +106,7 @@ def resolve_run(run: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Pat
     for matches in ([p for p in runs if p.name == text],
                     [p for p in runs
                      if run_name(p, runs_dir).startswith(text) or p.name.startswith(text)],
-                    _path_prefix(Path(text), runs_dir)):
+                    _path_prefix(Path(text))):
         if len(matches) == 1:
             return matches[0]
         if matches:
@@ -132,10 +132,10 @@ def close_names(text: str, names: list[str], n: int = 3) -> list[str]:
     return found[:n]
 
 
-def _path_prefix(path: Path, runs_dir: str | Path) -> list[Path]:
+def _path_prefix(path: Path) -> list[Path]:
     """Runs whose directory path starts with `path` (`runs/exp-2` for `runs/exp-2026...`)."""
     parent = path.parent
-    if parent == Path(".") or not parent.is_dir() or parent.resolve() == Path(runs_dir).resolve():
+    if parent == Path(".") or not parent.is_dir():
         return []
     return [p for p in find_runs(parent) if p.parent == parent and p.name.startswith(path.name)]
 
