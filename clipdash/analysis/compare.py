@@ -33,7 +33,8 @@ def no_plot_reason(metric: str, n_runs: int, n_valued: int, xs: set[float]) -> s
     if not xs:
         return f"{head} the runs with a {metric} value have no max_norm (clip mode not norm)"
     runs = "the only run" if n_valued == 1 else f"all {n_valued} runs"
-    return (f"{head} {runs} with a {metric} value use max_norm {next(iter(xs)):g}; "
+    use = "uses" if n_valued == 1 else "use"
+    return (f"{head} {runs} with a {metric} value {use} max_norm {next(iter(xs)):g}; "
             "compare runs with different max_norm values to see a trend")
 
 

@@ -34,7 +34,9 @@ def existing_runs_dir(runs_dir: str) -> Path:
     """
     path = Path(runs_dir)
     if not path.exists():
-        raise UsageError(f"{runs_dir}: does not exist")
+        hint = (" (no run was started here yet: `clipdash run CONFIG.toml` creates it)"
+                if runs_dir == DEFAULT_RUNS_DIR else "")
+        raise UsageError(f"{runs_dir}: does not exist{hint}")
     if not path.is_dir():
         raise UsageError(f"{runs_dir}: is not a directory of runs")
     return path
