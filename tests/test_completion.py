@@ -88,3 +88,27 @@ def test_bash_completes_commands_options_and_run_names(tmp_path: Path,
     assert complete("clipdash", "suggest", "--p") == ["--percentile"]
     assert complete("clipdash", "rm", "--runs-dir", "runs", "o") == ["other"]
     assert complete("clipdash", "export", "--runs-dir", "nowhere", "l") == []
+
+
+def test_building_every_help_and_completion_stays_light() -> None:
+    """Completion calls `clipdash ls --names` on every Tab: no torch, no textual."""
+    import sys
+
+    code = ("import sys; from clipdash.cli import build_parser, main; build_parser(); "
+            "main(['ls', '--names', 'nowhere']); "
+            "print(sorted({'torch', 'textual', 'numpy'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_jsonfmt_and_keymap_are_leaves() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "clipdash"
+    for name in ("jsonfmt.py", "keymap.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                     for a in n.names}
+        assert not {m for m in imported if m.startswith("clipdash")}, name
