@@ -115,3 +115,18 @@ def test_never_the_runs_directory(runs: Path, capsys, monkeypatch: pytest.Monkey
     code = main(["rm", arg, "-y"])
     assert code == 2 and "no run" in capsys.readouterr().err
     assert len(left(runs)) == 5
+
+
+def test_a_run_that_cannot_be_deleted_is_reported(runs: Path, capsys) -> None:
+    """An immutable run directory (chattr +i; as root, chmod would not stop rmtree): a one-line
+    error naming it, exit 1, and the other runs are still removed."""
+    locked = runs / "lrfind-1"
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (not root, or the filesystem lacks it)")
+    try:
+        code, out, err = rm(capsys, runs, "lrfind-1", "lrfind-2", "-y")
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert code == 1 and out == "removed 1 run: lrfind-2\n"
+    assert err.startswith("clipdash rm: cannot remove lrfind-1: ") and err.count("\n") == 1
+    assert "lrfind-1" in left(runs) and "lrfind-2" not in left(runs)

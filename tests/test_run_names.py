@@ -87,3 +87,14 @@ def test_ctl_without_run_uses_the_only_live_run(runs: Path,
             other.finish()
     finally:
         trainer.finish()
+
+
+def test_hostile_names_are_escaped(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(runs / "live\x1b[2J", 2).close()
+    with pytest.raises(RunNotFound) as exc:
+        resolve_run("live", runs)
+    assert "\x1b" not in str(exc.value) and "'live\\x1b[2J'" in str(exc.value)
+    assert main(["ls", str(runs)]) == 0
+    assert main(["ls", str(runs), "--names"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "'live\\x1b[2J'" in out

@@ -13,13 +13,14 @@ import sys
 from clipdash import jsonfmt
 from clipdash.commands.common import add_runs_dir_positional, existing_runs_dir
 from clipdash.store import RunReader, StoreError, find_runs
-from clipdash.store.layout import run_name
+from clipdash.store.layout import run_name, shown
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runs_dir_positional(parser)
     parser.add_argument("--json", action="store_true", help="one JSON array, for scripts")
-    # For shell completion: run names one per line, silent when there are none.
+    # For shell completion: run names one per line, silent when there are none (names a
+    # shell word cannot hold, with spaces or control characters, are left out).
     parser.add_argument("--names", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -34,7 +35,8 @@ def _steps(step: int | None) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.names:
         for path in find_runs(args.runs_dir):
-            print(run_name(path, args.runs_dir))
+            if (name := run_name(path, args.runs_dir)).isprintable() and " " not in name:
+                print(name)
         return 0
     existing_runs_dir(args.runs_dir)
     summaries = []
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     header = ("RUN", "STATUS", "STEPS", "LOSS", "GRAD_NORM", "MAX_NORM", "LR")
     rows = [header] + [
-        (n, s.status,
+        (shown(n), s.status,
          str(_steps(s.step)) + ("/" + _fmt(s.total_steps, "d") if s.total_steps else ""),
          _fmt(s.loss), _fmt(s.grad_norm_pre), _fmt(s.max_norm), _fmt(s.lr))
         for n, s in summaries

@@ -12,11 +12,19 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from clipdash.commands.common import add_runs_dir
 from clipdash.commands.errors import UsageError
-from clipdash.store.layout import RunNotFound, find_runs, is_run_dir, resolve_run, run_name
+from clipdash.store.layout import (
+    RunNotFound,
+    find_runs,
+    is_run_dir,
+    resolve_run,
+    run_name,
+    shown,
+)
 
 SWEEP_BOOKKEEPING = ".sweep"  # clipdash.engine.sweep.BOOKKEEPING (not imported: it needs torch)
 
@@ -81,6 +89,16 @@ def remove_run(run_dir: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def attempt(remove: Callable[[Path], None], path: Path, name: str) -> bool:
+    """Remove, or say on stderr why not (a read-only directory, another user's files)."""
+    try:
+        remove(path)
+    except OSError as exc:
+        print(f"clipdash rm: cannot remove {name}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def confirm(prompt: str) -> bool:
     try:
         return input(prompt).strip().lower() in ("y", "yes")
@@ -93,9 +111,10 @@ def run(args: argparse.Namespace) -> int:
     live = [(p, why) for p in runs if (why := live_reason(p))]
     if live:
         p, why = live[0]
-        raise UsageError(f"refusing to remove {run_name(p, args.runs_dir)}: {why} "
-                         f"(stop it first: clipdash ctl {run_name(p, args.runs_dir)} stop)")
-    names = [run_name(p, args.runs_dir) for p in runs]
+        name = shown(run_name(p, args.runs_dir))
+        raise UsageError(f"refusing to remove {name}: {why} (stop it first: clipdash ctl "
+                         f"{name} stop)")
+    names = [shown(run_name(p, args.runs_dir)) for p in runs]
     if not args.yes:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             raise UsageError("no terminal to confirm on: pass -y to remove without asking")
@@ -103,14 +122,15 @@ def run(args: argparse.Namespace) -> int:
         if not confirm(f"remove {len(runs)} run{'s' if len(runs) != 1 else ''}? [y/N] "):
             print("nothing removed")
             return 1
-    for path in runs:
-        remove_run(path)
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+    failed = [name for path, name in zip(runs, names, strict=True)
+              if not attempt(remove_run, path, name)]
     root = Path(args.runs_dir).resolve()
-    for parent in {p.parent for p in runs}:  # a sweep folder whose last run just went
-        if (parent.resolve().parent == root and (parent / SWEEP_BOOKKEEPING).is_dir()
-                and not find_runs(parent)):
-            shutil.rmtree(parent)
-    print(f"removed {len(runs)} run{'s' if len(runs) != 1 else ''}: {', '.join(names)}")
-    return 0
+    for parent in {*folders, *(p.parent for p in runs)}:  # sweeps whose last run just went
+        if (parent.resolve().parent == root and not find_runs(parent)
+                and (parent in folders or (parent / SWEEP_BOOKKEEPING).is_dir())):
+            attempt(shutil.rmtree, parent, shown(run_name(parent, args.runs_dir)))
+    removed = [n for n in names if n not in failed]
+    if removed:
+        print(f"removed {len(removed)} run{'s' if len(removed) != 1 else ''}: "
+              f"{', '.join(removed)}")
+    return 1 if failed else 0

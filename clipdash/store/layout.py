@@ -78,12 +78,22 @@ def latest_run(runs_dir: str | Path) -> Path:
 
 
 def _no_runs(runs_dir: str | Path) -> str:
-    return (f"no runs in {runs_dir}/" if Path(runs_dir).is_dir()
-            else f"the runs directory {runs_dir}/ does not exist")
+    path = Path(runs_dir)
+    if path.is_dir():
+        return f"no runs in {runs_dir}/"
+    if path.exists():
+        return f"{runs_dir} is not a directory of runs"
+    return f"the runs directory {runs_dir}/ does not exist"
+
+
+def shown(name: str) -> str:
+    """A run name as it may be printed: a name with control characters (a hostile or broken
+    directory) is shown quoted and escaped, never sent raw to the terminal."""
+    return name if name.isprintable() else repr(name)
 
 
 def _listing(paths: list[Path], runs_dir: str | Path, limit: int = 6) -> str:
-    names = [run_name(p, runs_dir) for p in paths]
+    names = [shown(run_name(p, runs_dir)) for p in paths]
     more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
@@ -115,7 +125,7 @@ def resolve_run(run: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Pat
     if not runs:
         raise RunNotFound(f"no run {text!r}: not a run directory, and {_no_runs(runs_dir)}")
     close = close_names(text, sorted({run_name(p, runs_dir) for p in runs}))
-    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    hint = f" (did you mean {' or '.join(map(shown, close))}?)" if close else ""
     raise RunNotFound(f"no run {text!r} (not a run directory, nor a run in {runs_dir}/){hint}")
 
 
