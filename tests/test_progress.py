@@ -76,6 +76,7 @@ def test_tty_bar_shows_the_state(clock: Clock, monkeypatch: pytest.MonkeyPatch,
         assert p.bar is not None
         shown = Text.from_markup(p.bar.tasks[0].fields["info"]).plain
         assert shown.startswith("[paused] loss 1") and shown.endswith("| paused before step 10")
+        assert p.bar.tasks[0].fields["eta"] == "9s"  # 90 steps left at 10 steps/s
     finally:
         p.close()
 

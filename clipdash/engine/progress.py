@@ -27,7 +27,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeRemainingColumn,
 )
 
 TTY_REFRESH_S = 0.25
@@ -107,9 +106,9 @@ class RunProgress:
         if enabled and self.tty:
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"), TextColumn("ETA {task.fields[eta]}"),
                 console=Console(), transient=False)
-            self.task = self.bar.add_task(name, total=total, completed=start, info="")
+            self.task = self.bar.add_task(name, total=total, completed=start, info="", eta="?")
             self.bar.start()
 
     def due(self) -> bool:
@@ -143,16 +142,19 @@ class RunProgress:
         command = f"  | {self.command}" if self.command else ""
         return f"{state}{describe(self.latest, self.rates.rate)}{command}"
 
+    def eta(self) -> str:
+        """From the windowed rate (rich's own ETA would count a pause as slow steps)."""
+        rate = self.rates.rate
+        return f"{(self.total - self.step) / rate:.0f}s" if rate > 0 else "?"
+
     def render(self, now: float) -> None:
         self.last = now
-        info = self.line()
+        info, eta = self.line(), self.eta()
         if self.bar is not None:
             if self.note:
                 self.bar.console.print(self.note, markup=False, highlight=False)
-            self.bar.update(self.task, completed=self.step, info=escape(info))
+            self.bar.update(self.task, completed=self.step, info=escape(info), eta=eta)
         else:
-            rate = self.rates.rate
-            eta = f"{(self.total - self.step) / rate:.0f}s" if rate > 0 else "?"
             try:
                 if self.note:
                     print(f"{self.name}: {self.note}", flush=True)
