@@ -85,6 +85,7 @@ def test_bash_completes_commands_options_and_run_names(tmp_path: Path,
     assert complete("clipdash", "ct") == ["ctl"]
     assert complete("clipdash", "export", "li") == ["live1", "live2"]
     assert complete("clipdash", "ctl", "live1", "p") == ["pause", "percentile="]
+    assert complete("clipdash", "ctl", "live1", "set", "z_") == ["z_threshold="]
     assert complete("clipdash", "suggest", "--p") == ["--percentile"]
     assert complete("clipdash", "rm", "--runs-dir", "runs", "o") == ["other"]
     assert complete("clipdash", "export", "--runs-dir", "nowhere", "l") == []

@@ -82,6 +82,9 @@ _clipdash() {{
         help) COMPREPLY=($(compgen -W "{" ".join(subs)}" -- "$cur"));;
         completion) COMPREPLY=($(compgen -W "{" ".join(SHELLS)}" -- "$cur"));;
     esac
+    # `set max_norm=`: no space after the `=`, the value comes next
+    [[ ${{#COMPREPLY[@]}} -eq 1 && ${{COMPREPLY[0]}} == *= ]] && compopt -o nospace 2>/dev/null
+    return 0
 }}
 complete -o default -F _clipdash clipdash
 '''
