@@ -62,7 +62,9 @@ def epilog(name: str, module: object) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipdash",
-        description="See and steer gradient clipping and learning-rate schedules.")
+        description="See and steer gradient clipping and learning-rate schedules.",
+        epilog="`clipdash help COMMAND` shows a command's options and examples. A RUN is a run "
+        "directory, a name in --runs-dir, a unique prefix of one, or @latest.")
     parser.add_argument("--version", action="version", version=f"clipdash {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in SUBCOMMANDS.items():
