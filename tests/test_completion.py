@@ -65,32 +65,6 @@ def test_scripts_name_every_command_and_option(capsys: pytest.CaptureFixture[str
     assert parser.parse_args(["ls", "--names"]).names
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
-def test_bash_completes_commands_options_and_run_names(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("live1", "live2", "other"):
-        make_run(tmp_path / "runs" / name, 2).close()
-    assert main(["completion", "bash"]) == 0
-    (tmp_path / "clipdash.bash").write_text(capsys.readouterr().out)
-
-    def complete(*words: str) -> list[str]:
-        line = " ".join(f"'{w}'" for w in words)
-        script = (f"source clipdash.bash; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
-                  "_clipdash; printf '%s\\n' \"${COMPREPLY[@]}\"")
-        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-        out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=60, check=True).stdout
-        return sorted(out.split())
-
-    assert complete("clipdash", "ct") == ["ctl"]
-    assert complete("clipdash", "export", "li") == ["live1", "live2"]
-    assert complete("clipdash", "ctl", "live1", "p") == ["pause", "percentile="]
-    assert complete("clipdash", "ctl", "live1", "set", "z_") == ["z_threshold="]
-    assert complete("clipdash", "suggest", "--p") == ["--percentile"]
-    assert complete("clipdash", "rm", "--runs-dir", "runs", "o") == ["other"]
-    assert complete("clipdash", "export", "--runs-dir", "nowhere", "l") == []
-
-
 def test_building_every_help_and_completion_stays_light() -> None:
     """Completion calls `clipdash ls --names` on every Tab: no torch, no textual."""
     import sys
@@ -113,3 +87,86 @@ def test_jsonfmt_and_keymap_are_leaves() -> None:
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
                      for a in n.names}
         assert not {m for m in imported if m.startswith("clipdash")}, name
+
+
+def _script(tmp_path: Path, capsys: pytest.CaptureFixture[str], shell: str) -> Path:
+    for name in ("live1", "live2"):
+        make_run(tmp_path / "runs" / name, 2).close()
+    make_run(tmp_path / "other" / "zz-run", 2).close()
+    assert main(["completion", shell]) == 0
+    path = tmp_path / f"clipdash.{shell}"
+    path.write_text(capsys.readouterr().out)
+    return path
+
+
+def _shell(tmp_path: Path, *argv: str) -> list[str]:
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(list(argv), cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    return [line.split("\t")[0] for line in out.splitlines()]
+
+
+# zsh's own compadd filters by what was typed; this stand-in prints every candidate offered.
+ZSH_HARNESS = """compdef() { : }
+compadd() { [[ $1 == -- ]] && shift; print -l -- "$@" }
+_files() { print "FILES $*" }
+_describe() { print -l -- "${(@P)2}" }
+source ./clipdash.zsh
+words=("$@"); CURRENT=$#words
+_clipdash
+"""
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_offers_commands_options_and_run_names(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _script(tmp_path, capsys, "zsh")
+    (tmp_path / "harness.zsh").write_text(ZSH_HARNESS)
+
+    def offered(*words: str) -> list[str]:
+        return _shell(tmp_path, "zsh", "harness.zsh", *words)
+
+    assert "ctl:pause, resume, stop a run, or set max_norm / lr / max_value" in offered(
+        "clipdash", "c")
+    assert offered("clipdash", "export", "li") == ["live1", "live2", "@latest"]
+    assert offered("clipdash", "export", "--runs-dir", "other", "z") == ["zz-run", "@latest"]
+    assert "--percentile" in offered("clipdash", "suggest", "--p")
+    assert offered("clipdash", "run", "ex") == ["FILES "]
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_completes_commands_options_and_run_names(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    script = _script(tmp_path, capsys, "fish")
+
+    def complete(line: str) -> list[str]:
+        return _shell(tmp_path, "fish", "-c", f"source {script}; complete -C '{line}'")
+
+    assert complete("clipdash exp") == ["export"]
+    assert complete("clipdash export li") == ["live1", "live2"]
+    assert complete("clipdash export --runs-dir other z") == ["zz-run"]
+    assert complete("clipdash suggest --per") == ["--percentile"]
+    assert complete("clipdash ctl live1 pa") == ["pause"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_bash_completes_commands_options_and_run_names(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    script = _script(tmp_path, capsys, "bash")
+    make_run(tmp_path / "runs" / "other", 2).close()
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        out = _shell(tmp_path, "bash", "-c", (
+            f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+            "_clipdash; printf '%s\\n' \"${COMPREPLY[@]}\""))
+        return sorted(w for w in out if w)  # printf prints one empty line for no candidates
+
+    assert complete("clipdash", "ct") == ["ctl"]
+    assert complete("clipdash", "export", "li") == ["live1", "live2"]
+    assert complete("clipdash", "ctl", "live1", "p") == ["pause", "percentile="]
+    assert complete("clipdash", "ctl", "live1", "set", "z_") == ["z_threshold="]
+    assert complete("clipdash", "suggest", "--p") == ["--percentile"]
+    assert complete("clipdash", "rm", "--runs-dir", "runs", "o") == ["other"]
+    assert complete("clipdash", "export", "--runs-dir", "other", "z") == ["zz-run"]
+    assert complete("clipdash", "export", "--runs-dir", "nowhere", "l") == []

@@ -128,20 +128,34 @@ compdef _clipdash clipdash
 '''
 
 
+# Run names from the --runs-dir already on the command line, else ./runs.
+FISH_RUNS = f"""function __clipdash_runs
+    set -l words (commandline -opc)
+    set -l runs_dir runs
+    for i in (seq (count $words))
+        if test "$words[$i]" = --runs-dir; and test $i -lt (count $words)
+            set runs_dir $words[(math $i + 1)]
+        end
+    end
+    {NAMES}
+    echo @latest
+end"""
+
+
 def fish(subs: dict[str, argparse.ArgumentParser]) -> str:
     def quote(text: str) -> str:
         return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     lines = ["# clipdash fish completion: clipdash completion fish > "
              "~/.config/fish/completions/clipdash.fish",
-             "complete -c clipdash -f"]
+             FISH_RUNS, "complete -c clipdash -f"]
     for name, p in subs.items():
         lines.append(f"complete -c clipdash -n __fish_use_subcommand -a {name} "
                      f"-d {quote(p.description or '')}")
         for opt, help_text in options(p):
             lines.append(f"complete -c clipdash -n '__fish_seen_subcommand_from {name}' "
                          f"-l {opt[2:]} -d {quote(help_text)}")
-    names = "(clipdash ls --names 2>/dev/null) @latest"
+    names = "(__clipdash_runs)"
     lines += [
         f"complete -c clipdash -n '__fish_seen_subcommand_from {' '.join(RUN_COMMANDS)}' "
         f"-a '{names}'",
