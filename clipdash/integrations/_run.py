@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from clipdash.integrations._gate import StepGate
 from clipdash.integrations._wrappers import NamedView, unwrap_optimizer, unwrap_scheduler
-from clipdash.store.layout import DEFAULT_RUNS_DIR
 from clipdash.track.tracker import Tracker
 
 log = logging.getLogger("clipdash")
@@ -90,7 +89,7 @@ class TrackedRun:
         self.options = options
         self.tracker: Tracker | None = None
         self.gate: StepGate | None = None
-        self._loss: Tensor | None = None  # this step's loss, summed over micro-batches
+        self._loss: Tensor | float | None = None  # this step's loss, summed over micro-batches
         self._parts = 0
         self.clipped_this_step = False
 

@@ -1,8 +1,8 @@
 """Seeing through the wrappers frameworks put around models, optimizers and schedulers.
 
-The record must name what the user wrote: `AdamW`, not `AcceleratedOptimizer`; `h.0.attn.c_attn.weight`,
-not `_orig_mod.module.h.0.attn.c_attn.weight`. And an LR change must reach the scheduler that
-really computes the LR, not a wrapper that only forwards `step()`.
+The record must name what the user wrote: `AdamW`, not `AcceleratedOptimizer`;
+`h.0.attn.c_attn.weight`, not `_orig_mod.module.h.0.attn.c_attn.weight`. And an LR change must
+reach the scheduler that really computes the LR, not a wrapper that only forwards `step()`.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def overrides_clipping(module: Any) -> bool:
     return own is not L.LightningModule.configure_gradient_clipping
 
 
-class ClipdashCallback(L.Callback):  # type: ignore[misc,name-defined]
+class ClipdashCallback(L.Callback):
     """Record, clip and steer a Lightning run with clipdash.
 
     Args:

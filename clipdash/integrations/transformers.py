@@ -75,7 +75,7 @@ def eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class ClipdashCallback(transformers.TrainerCallback):  # type: ignore[misc,name-defined]
+class ClipdashCallback(transformers.TrainerCallback):
     """Record, clip and steer a `transformers.Trainer` run with clipdash.
 
     Args:
