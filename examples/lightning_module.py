@@ -76,7 +76,8 @@ def main() -> None:
     trainer = L.Trainer(
         max_steps=args.max_steps, gradient_clip_val=args.gradient_clip_val,
         accumulate_grad_batches=args.accumulate, accelerator="cpu", devices=args.devices,
-        strategy=args.strategy, val_check_interval=args.val_every, num_sanity_val_steps=0,
+        strategy=args.strategy, val_check_interval=args.val_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[ClipdashCallback(name=args.name, runs_dir=args.runs_dir)])  # the one line

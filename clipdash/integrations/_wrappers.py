@@ -7,9 +7,7 @@ reach the scheduler that really computes the LR, not a wrapper that only forward
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
 from torch import nn
@@ -28,13 +26,10 @@ MODULE_WRAPPERS = {
 }
 
 
-def require(module: str, extra: str) -> ModuleType:
-    """Import a framework, or fail with the one line that says how to get it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"clipdash.integrations.{extra} needs the {module!r} package, which is "
-                          f"not installed: pip install 'clipdash[{extra}]' ({exc})") from exc
+def missing(module: str, extra: str, exc: ImportError) -> ImportError:
+    """The error for a framework that is not installed: the one line that says how to get it."""
+    return ImportError(f"clipdash.integrations.{extra} needs the {module!r} package, which is "
+                       f"not installed: pip install 'clipdash[{extra}]' ({exc})")
 
 
 def _wrapped_child(module: nn.Module) -> str | None:

@@ -37,11 +37,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clipdash.integrations._run import FrameworkClip, TrackedRun
-from clipdash.integrations._wrappers import require
+from clipdash.integrations._wrappers import missing
 
-lightning = require("lightning", "lightning")
-L = require("lightning.pytorch", "lightning")
+try:
+    import lightning
+    import lightning.pytorch as L
+except ImportError as exc:
+    raise missing("lightning", "lightning", exc) from exc
+
+from clipdash.integrations._run import FrameworkClip, TrackedRun
 
 VAL_PREFIXES = ("val_", "val/", "val.", "valid_", "valid/", "validation_", "validation/")
 

@@ -34,10 +34,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from clipdash.integrations._run import FrameworkClip, TrackedRun
-from clipdash.integrations._wrappers import require
+from clipdash.integrations._wrappers import missing
 
-transformers = require("transformers", "transformers")
+try:
+    import transformers
+except ImportError as exc:
+    raise missing("transformers", "transformers", exc) from exc
+
+from clipdash.integrations._run import FrameworkClip, TrackedRun
 
 # Speed figures the Trainer adds to every evaluation: not metrics of the model.
 SPEED_METRICS = ("runtime", "samples_per_second", "steps_per_second", "jit_compilation_time",
