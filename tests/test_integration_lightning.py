@@ -16,6 +16,7 @@ import pytest
 L = pytest.importorskip("lightning.pytorch")
 import torch  # noqa: E402
 from integration_helpers import (  # noqa: E402
+    ROOT,
     grad_norm64,
     import_check,
     meta,
@@ -211,3 +212,16 @@ def test_steer_a_live_trainer_from_another_process(tmp_path: Path) -> None:
     factor = 1e-3 / (0.1 * 0.5 ** (at["lr"] // 100))
     expected = [0.1 * 0.5 ** (t // 100) * (factor if t >= at["lr"] else 1.0) for t, *_ in rows]
     assert [r[1] for r in rows] == pytest.approx(expected, rel=1e-9)
+
+
+def test_integrations_import_only_what_design_allows() -> None:
+    """DESIGN.md: integrations drive the public Tracker; never textual, engine or commands."""
+    import ast
+
+    forbidden = ("textual", "clipdash.engine", "clipdash.commands", "clipdash.tui", "clipdash.cli")
+    for path in (ROOT / "clipdash" / "integrations").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.startswith(forbidden)]
+            assert not bad, f"{path.name} imports {bad}"

@@ -7,6 +7,7 @@ at `logging_steps=1` in an identical run without clipdash (where the Trainer cli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import subprocess
@@ -237,3 +238,73 @@ def cosine(t: int, lr0: float = 3e-3, warmup: int = 10, total: int = 100000) -> 
     progress = (t - warmup) / (total - warmup)
     return lr0 * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
+
+
+def accelerate_run(tmp: Path, record: bool) -> tuple[list[float], Path]:
+    """README's Accelerate loop: Tracker after `accelerator.prepare` (or the reference, where
+    Accelerate clips)."""
+    from accelerate import Accelerator
+
+    import clipdash
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=gen)
+    data = torch.utils.data.TensorDataset(x, (x * 3).sum(1, keepdim=True).sin() * 4)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 / (1 + t))
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    model, optimizer, loader, scheduler = accelerator.prepare(
+        model, optimizer, torch.utils.data.DataLoader(data, batch_size=8), scheduler)
+    run_dir = tmp / ("accelerate" if record else "reference")
+    tracker = clipdash.Tracker(accelerator.unwrap_model(model), optimizer.optimizer,
+                               scheduler.scheduler, max_norm=1.0, run_dir=run_dir) \
+        if record else None
+    norms: list[float] = []
+    with tracker or contextlib.nullcontext():
+        for xb, yb in loader:
+            with accelerator.accumulate(model):
+                loss = torch.nn.functional.mse_loss(model(xb), yb)
+                accelerator.backward(loss)
+                if not accelerator.sync_gradients:
+                    continue
+                accelerator.unscale_gradients()  # a no-op here; under fp16 it must come first
+                if tracker is None:
+                    norms.append(float(accelerator.clip_grad_norm_(model.parameters(), 1.0)))
+                    optimizer.step()
+                elif tracker.clip():
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                if tracker is not None:
+                    tracker.step(loss)
+    return norms, run_dir
+
+
+def test_tracker_after_accelerator_prepare_records_accelerates_norms(tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
+    reference, _ = accelerate_run(tmp_path, record=False)
+    _, run_dir = accelerate_run(tmp_path, record=True)
+    rows = steps(run_dir, "step, grad_norm_pre, lr")
+    assert [r[0] for r in rows] == list(range(4))  # 8 batches, 2 per optimizer step
+    assert max(reference) > 1.0  # clipping fired
+    assert [r[1] for r in rows] == pytest.approx(reference, rel=1e-5)
+    assert [r[2] for r in rows] == pytest.approx([0.05 / (1 + t) for t in range(4)], rel=1e-12)
+    info = meta(run_dir)
+    assert (info["optimizer"], info["scheduler"]) == ("AdamW", "LambdaLR")
+
+
+def test_parameter_names_see_through_wrappers() -> None:
+    from clipdash.integrations._wrappers import user_facing_parameters
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = torch.nn.Linear(2, 2)  # a user's own submodule called "module"
+
+    inner = torch.nn.Sequential(Block(), torch.compile(torch.nn.Linear(2, 1)))
+    wrapped = torch.compile(torch.nn.DataParallel(inner))
+    assert [n for n, _ in wrapped.named_parameters()][0] == "_orig_mod.module.0.module.weight"
+    names = [n for n, _ in user_facing_parameters(wrapped)]
+    assert names == ["0.module.weight", "0.module.bias", "1.weight", "1.bias"]
