@@ -81,7 +81,12 @@ def main() -> None:
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[ClipdashCallback(name=args.name, runs_dir=args.runs_dir)])  # the one line
-    trainer.fit(MLP(), train, val)
+    model = MLP()
+    trainer.fit(model, train, val)
+    if trainer.world_size > 1:  # the same steps and the same weights on every rank
+        checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
+        print(f"rank {trainer.global_rank}: {trainer.global_step} steps, "
+              f"parameter checksum {checksum:.15g}", flush=True)
     if trainer.is_global_zero:
         print(f"recorded in {args.runs_dir}/{args.name}; try `clipdash export "
               f"{args.runs_dir}/{args.name} | head`")
