@@ -82,6 +82,10 @@ def main() -> None:
         train_dataset=StrideSequences(2048, seed=0), eval_dataset=StrideSequences(128, seed=1),
         callbacks=[ClipdashCallback(name=args.name, runs_dir=args.runs_dir)])  # the one line
     trainer.train()
+    if training_args.world_size > 1:  # the same steps and the same weights on every rank
+        checksum = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
+        print(f"rank {training_args.process_index}: {trainer.state.global_step} steps, "
+              f"parameter checksum {checksum:.15g}", flush=True)
     if trainer.is_world_process_zero():
         print(f"recorded in {args.runs_dir}/{args.name}; try `clipdash export "
               f"{args.runs_dir}/{args.name} | head`")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -81,12 +82,44 @@ def import_check(framework: str) -> None:
     assert error is not None and f"pip install 'clipdash[{framework}]'" in error, error
 
 
-def start_example(script: str, runs_dir: Path, name: str, *args: str) -> subprocess.Popen:
+def start_example(script: str, runs_dir: Path, name: str, *args: str,
+                  nproc: int = 0) -> subprocess.Popen:
+    """Run examples/SCRIPT in its own process (under torchrun with `nproc` ranks)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
+    launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}"] if nproc else []
     with open(runs_dir / f"{name}.log", "w") as out:
-        return subprocess.Popen([sys.executable, str(ROOT / "examples" / script),
+        return subprocess.Popen([sys.executable, *launcher, str(ROOT / "examples" / script),
                                  "--runs-dir", str(runs_dir), "--name", name, *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=runs_dir)
+
+
+def steer_ddp_run(proc: subprocess.Popen, run_dir: Path, log: Path) -> dict[str, int]:
+    """Change max_norm, then stop, a 2-rank run; check both ranks obeyed at the same step.
+
+    Only rank 0 records, so the other rank's obedience shows in its weights: the example prints
+    every rank's step count and parameter checksum at the end. Had rank 1 kept clipping at the
+    old max_norm, its weights would differ from rank 0's.
+    """
+    try:
+        wait_until(lambda: last_step(run_dir) >= 5, 150, "step 5 of the DDP run")
+        changed = control.set_value(run_dir, "max_norm", 0.05, timeout=60).step
+        wait_until(lambda: last_step(run_dir) >= changed + 15, 60, "steps after the change")
+        stopped = control.stop(run_dir, timeout=60).step
+        assert proc.wait(90) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert changed % 10 == 0 and stopped % 10 == 0  # applied at the ranks' exchange steps
+    rows = steps(run_dir, "step, max_norm")
+    assert [r[1] for r in rows] == [1.0 if t < changed else 0.05 for t, _ in rows]
+    assert status(run_dir) == ("stopped", None) and rows[-1][0] == stopped - 1
+    reports = re.findall(r"rank (\d): (\d+) steps, parameter checksum (\S+)", log.read_text())
+    assert sorted(r[0] for r in reports) == ["0", "1"], log.read_text()
+    assert {(int(n), c) for _, n, c in reports} == {(stopped, reports[0][2])}
+    names = [r[0] for r in query(run_dir, "SELECT name FROM params")]
+    assert names and not any(n.startswith("module.") for n in names)  # DDP's wrapper unseen
+    return {"changed": changed, "stopped": stopped}
 
 
 def last_step(run_dir: Path) -> int:

@@ -28,6 +28,7 @@ from integration_helpers import (  # noqa: E402
     snapshot,
     start_example,
     status,
+    steer_ddp_run,
     steer_live_run,
     steps,
 )
@@ -238,6 +239,15 @@ def cosine(t: int, lr0: float = 3e-3, warmup: int = 10, total: int = 100000) -> 
     progress = (t - warmup) / (total - warmup)
     return lr0 * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
+
+
+def test_torchrun_rank_zero_records_and_every_rank_obeys_at_the_same_step(tmp_path: Path
+                                                                          ) -> None:
+    """The Trainer's own DDP under torchrun (gloo on CPU, 2 processes)."""
+    runs = tmp_path / "runs"
+    proc = start_example("hf_trainer.py", runs, "ddp", "--max-steps", "100000", "--eval-steps",
+                         "100000", nproc=2)
+    steer_ddp_run(proc, runs / "ddp", runs / "ddp.log")
 
 
 def accelerate_run(tmp: Path, record: bool) -> tuple[list[float], Path]:
