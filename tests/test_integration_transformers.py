@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +175,29 @@ def test_an_exception_in_train_fails_the_run_and_keeps_every_step(tmp_path: Path
     assert status(run_dir) == ("failed", "RuntimeError: the data loader broke")
     assert [r[0] for r in steps(run_dir, "step")] == [0, 1, 2, 3, 4]
     assert trainer.args.max_grad_norm == MAX_NORM
+
+
+class SignalAt(TrainerCallback):
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_and_stops_the_trainer_its_own_way(tmp_path: Path,
+                                                                        signum: int) -> None:
+    previous = signal.getsignal(signum)
+    trainer = make_trainer(tmp_path, [SignalAt(3, signum),
+                                      ClipdashCallback(name="sig", runs_dir=tmp_path / "runs")])
+    trainer.train()  # returns: the signal became a stop, not an exception
+    run_dir = tmp_path / "runs" / "sig"
+    assert status(run_dir) == ("stopped", None)
+    assert [r[0] for r in steps(run_dir, "step")] == [0, 1, 2, 3]
+    assert trainer.state.global_step == 4
+    assert signal.getsignal(signum) == previous  # the handlers are given back
 
 
 CRASH_WITHOUT_END_HOOK = """

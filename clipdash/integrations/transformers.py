@@ -25,6 +25,8 @@ What it does, hook by hook (the Trainer's own order):
   (after N optimizer steps) is recorded at clipdash step N - 1.
 - an exception out of `trainer.train()` marks the run failed with its reason (steps before it
   are all kept); a process that exits without `on_train_end` does the same (atexit).
+- SIGINT (Ctrl-C) and SIGTERM finish the current step and stop training as a `stop` command
+  does; a second Ctrl-C aborts (`Tracker.handle_signals`, for the duration of `train()`).
 """
 
 from __future__ import annotations
@@ -133,11 +135,14 @@ class ClipdashCallback(transformers.TrainerCallback):
                                       f"TrainingArguments(max_grad_norm={args.max_grad_norm})")
             self._patch(args, "max_grad_norm", 0.0)
         self._patch(trainer, "training_step", self._counting(trainer.training_step))
-        self.run.start(
+        tracker = self.run.start(
             trainer.model, trainer.optimizer, trainer.lr_scheduler, trainer.optimizer, framework,
             start_step=state.global_step, total_steps=state.max_steps or None,
             meta={"framework": f"transformers {transformers.__version__}"},
             leader=state.is_world_process_zero)
+        # The Trainer has no signal handling of its own: Ctrl-C or SIGTERM finishes the step and
+        # stops the Trainer its own way (a second Ctrl-C aborts); the handlers go at the end.
+        tracker.handle_signals()
 
     def _counting(self, training_step: Any) -> Any:
         def counted_training_step(*args: Any, **kwargs: Any) -> Any:
