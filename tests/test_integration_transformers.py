@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 transformers = pytest.importorskip("transformers")
@@ -110,6 +111,10 @@ def test_records_match_the_trainers_own_logs_and_clip_once(tmp_path: Path,
     assert [r[3] for r in rows] == pytest.approx([linear_schedule(t) for t in range(MAX_STEPS)],
                                                  rel=1e-9, abs=1e-12)
     assert {r[6] for r in rows} == {MAX_NORM}
+    # Both of the Trainer's param groups (weight decay and none) follow the schedule.
+    groups = [np.frombuffer(r[0], dtype=np.float64).tolist() for r in steps(run_dir, "lr_groups")]
+    assert groups == [pytest.approx([linear_schedule(t)] * 2, rel=1e-9, abs=1e-12)
+                      for t in range(MAX_STEPS)]
     assert [r[1] for r in rows] == [t * 4 * ACCUM // 32 for t in range(MAX_STEPS)]
     assert trainer.args.max_grad_norm == MAX_NORM  # the user's arguments are given back
     assert any("max_grad_norm=0.7) is turned off" in r.getMessage() for r in caplog.records)
