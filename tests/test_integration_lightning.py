@@ -8,6 +8,8 @@ the losses are what `training_step` returned; the LRs are StepLR's closed form.
 from __future__ import annotations
 
 import math
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,24 @@ def test_an_exception_in_fit_fails_the_run_and_keeps_every_step(tmp_path: Path) 
         fit(module, [callback])
     run_dir = tmp_path / "runs" / "crash"
     assert status(run_dir) == ("failed", "RuntimeError: out of memory (simulated)")
+    assert [r[0] for r in steps(run_dir, "step")] == [0, 1, 2, 3]
+
+
+class SigtermAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, i: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_stops_the_run_the_lightning_way(tmp_path: Path) -> None:
+    callback = ClipdashCallback(name="term", runs_dir=tmp_path / "runs")
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException, after the running batch
+        fit(Regressor(), [SigtermAt(3), callback], accumulate_grad_batches=1)
+    run_dir = tmp_path / "runs" / "term"
+    assert status(run_dir) == ("stopped", "SIGTERM")
     assert [r[0] for r in steps(run_dir, "step")] == [0, 1, 2, 3]
 
 

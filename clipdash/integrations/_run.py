@@ -166,6 +166,10 @@ class TrackedRun:
         """The framework ended training normally: finished, or stopped if clipdash stopped it."""
         self._close(None, None)
 
+    def stop(self, message: str) -> None:
+        """The framework ended training early, at a step boundary, for a reason of its own."""
+        self._close("stopped", message)
+
     def fail(self, exc: BaseException) -> None:
         if isinstance(exc, KeyboardInterrupt):
             self._close("stopped", "interrupted", checkpoint=False)

@@ -26,7 +26,9 @@ What it does, hook by hook (Lightning's own order):
   N optimizer steps (Lightning's step N) is recorded at clipdash step N - 1. The sanity check
   before training is not recorded.
 - `on_exception`: the run is failed with the exception's reason (steps before it are all kept);
-  a process that exits without `on_train_end` does the same (atexit).
+  a process that exits without `on_train_end` does the same (atexit). Lightning's own signal
+  handling stays: Ctrl-C ends the run "stopped" ("interrupted"), and so does SIGTERM, which
+  Lightning turns into a stop between batches ("SIGTERM").
 
 Automatic optimization with one optimizer (Lightning's own limit) and manual optimization with
 one `opt.step()` per batch are supported.
@@ -42,6 +44,7 @@ from clipdash.integrations._wrappers import missing
 try:
     import lightning
     import lightning.pytorch as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 except ImportError as exc:
     raise missing("lightning", "lightning", exc) from exc
 
@@ -148,7 +151,10 @@ class ClipdashCallback(L.Callback):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._restore()
-        self.run.fail(exception)
+        if isinstance(exception, SIGTERMException):  # Lightning's own stop, between batches
+            self.run.stop("SIGTERM")
+        else:
+            self.run.fail(exception)
 
     def _restore(self) -> None:
         if self._patched_trainer is not None:
