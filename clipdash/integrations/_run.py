@@ -98,7 +98,8 @@ class TrackedRun:
     def start(self, model: nn.Module, optimizer: Any, scheduler: Any, stepped: Any,
               framework: FrameworkClip, *, start_step: int, total_steps: int | None,
               meta: dict[str, Any], leader: bool) -> Tracker:
-        """Open the record; `stepped` is the object whose `step()` the framework calls."""
+        """Open the record; `stepped` is the object whose `step()` the framework calls, or None
+        where the framework already skips non-finite steps (a GradScaler)."""
         settings = clip_settings(self.max_norm, self.options, framework)
         options = {k: v for k, v in self.options.items() if k not in settings}
         self.tracker = Tracker(
@@ -106,7 +107,7 @@ class TrackedRun:
             name=self.name, runs_dir=self.runs_dir, run_dir=self.run_dir,
             start_step=start_step, total_steps=total_steps,
             meta={**meta, **options.pop("meta", {})}, **settings, **options)
-        self.gate = StepGate(stepped)
+        self.gate = StepGate(stepped) if stepped is not None else None
         if leader:
             self._announce(framework, settings, options)
         atexit.register(self._at_exit)
@@ -114,7 +115,7 @@ class TrackedRun:
 
     def _announce(self, framework: FrameworkClip, settings: dict[str, Any],
                   options: dict[str, Any]) -> None:
-        assert self.tracker is not None and self.gate is not None
+        assert self.tracker is not None
         what = describe(settings, options)
         if framework.mode != "none":
             log.warning("clipdash: %s is turned off; clipdash clips instead (%s), once, and "
@@ -122,7 +123,7 @@ class TrackedRun:
                         self.tracker.run_dir)
         else:
             log.info("clipdash: recording in %s (%s)", self.tracker.run_dir, what)
-        if not self.gate.active:
+        if self.gate is not None and not self.gate.active:
             log.warning("clipdash: %s re-evaluates its closure; non-finite steps are recorded "
                         "but not skipped", type(self.gate.stepped).__name__)
 
@@ -130,8 +131,10 @@ class TrackedRun:
 
     def clip(self) -> None:
         """Gradients are final: measure, clip, and let the coming optimizer step through or not."""
-        assert self.tracker is not None and self.gate is not None
-        self.gate.allow = self.tracker.clip()
+        assert self.tracker is not None
+        allow = self.tracker.clip()
+        if self.gate is not None:
+            self.gate.allow = allow
         self.clipped_this_step = True
 
     def add_loss(self, loss: Tensor | float | None) -> None:

@@ -135,8 +135,12 @@ class ClipdashCallback(transformers.TrainerCallback):
                                       f"TrainingArguments(max_grad_norm={args.max_grad_norm})")
             self._patch(args, "max_grad_norm", 0.0)
         self._patch(trainer, "training_step", self._counting(trainer.training_step))
+        # Under fp16 Accelerate's GradScaler already skips a non-finite step (found when the
+        # Trainer unscales), and it must see every step to lower its scale: no gate then.
+        scaled = getattr(trainer.optimizer, "scaler", None) is not None
         tracker = self.run.start(
-            trainer.model, trainer.optimizer, trainer.lr_scheduler, trainer.optimizer, framework,
+            trainer.model, trainer.optimizer, trainer.lr_scheduler,
+            None if scaled else trainer.optimizer, framework,
             start_step=state.global_step, total_steps=state.max_steps or None,
             meta={"framework": f"transformers {transformers.__version__}"},
             leader=state.is_world_process_zero)
