@@ -215,6 +215,18 @@ def test_without_framework_clipping_nothing_is_clipped(tmp_path: Path) -> None:
     assert all(pre == post and not clipped for pre, post, clipped in rows)
 
 
+class OwnClipping(Regressor):
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        self.clip_gradients(optimizer, 0.5, "norm")
+
+
+def test_a_module_with_its_own_clipping_is_warned_about(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="overrides configure_gradient_clipping"):
+        fit(OwnClipping(), [ClipdashCallback(name="own", runs_dir=tmp_path / "runs")],
+            max_steps=1)
+
+
 def test_import_clipdash_never_imports_lightning_and_missing_is_explained() -> None:
     import_check("lightning")
 
