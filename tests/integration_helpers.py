@@ -71,7 +71,7 @@ def import_check(framework: str) -> None:
         "try:\n"
         f"    import clipdash.integrations.{framework}\n"
         "    error = None\n"
-        "except ImportError as exc:\n"
+        "except ModuleNotFoundError as exc:\n"
         "    error = str(exc)\n"
         "print(json.dumps([loaded, error]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -26,10 +26,11 @@ MODULE_WRAPPERS = {
 }
 
 
-def missing(module: str, extra: str, exc: ImportError) -> ImportError:
+def missing(module: str, extra: str, exc: ImportError) -> ModuleNotFoundError:
     """The error for a framework that is not installed: the one line that says how to get it."""
-    return ImportError(f"clipdash.integrations.{extra} needs the {module!r} package, which is "
-                       f"not installed: pip install 'clipdash[{extra}]' ({exc})")
+    return ModuleNotFoundError(f"clipdash.integrations.{extra} needs the {module!r} package, "
+                               f"which is not installed: pip install 'clipdash[{extra}]' ({exc})",
+                               name=module)
 
 
 def _wrapped_child(module: nn.Module) -> str | None:
