@@ -18,7 +18,7 @@ from clipdash.track.adaptive import (
 from clipdash.track.clippers import EPS, make_clipper
 from clipdash.track.steering import Steering
 from clipdash.track.tracker import Tracker
-from clipdash.track.writer import Command
+from clipdash.track.steering import Command
 
 CPU = torch.device("cpu")
 
