@@ -32,6 +32,9 @@ MODE_SETTABLE: dict[str, tuple[str, ...]] = {
     "percentile": ("percentile",), "zscore": ("z_threshold",), "agc": ("clipping",),
 }
 
+# Every key any run may accept, so a reader of the run can tell "unknown" from "not in this mode".
+ALL_SETTABLE = (*dict.fromkeys(k for keys in MODE_SETTABLE.values() for k in keys), "lr")
+
 
 class ClipOptionsError(ValueError):
     """A clip option out of range; str() names the option and the value."""

@@ -194,8 +194,11 @@ class Recorder(threading.Thread):
 
     def _open_store(self) -> None:
         s = self.setup
-        s.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = acquire(s.run_dir)  # RunLocked names the holder
+        try:
+            s.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = acquire(s.run_dir)  # RunLocked names the holder
+        except OSError as exc:  # a read-only or full filesystem, a file where a folder goes
+            raise RecordError(f"clipdash: cannot record in {s.run_dir}: {_cause(exc)}") from exc
         try:
             exists = is_run_dir(s.run_dir)
             if exists and s.overwrite:
@@ -216,11 +219,19 @@ class Recorder(threading.Thread):
                 # files, including the events recorded at start_step before the checkpoint.
                 self._kept_events = self.store.events_at(s.start_step)
                 self.prior_names = [name for name, _ in self.store.params()]
+        except (OSError, sqlite3.Error) as exc:
+            self._abandon()
+            raise RecordError(f"clipdash: cannot record in {s.run_dir}: {_cause(exc)}") from exc
         except BaseException:
-            if self.store is not None:
-                self.store.close()
-            self.lock.release()
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.lock is not None:
+            self.lock.release()
 
     def _remove_record(self) -> None:
         for path in self.run_dir.iterdir():

@@ -44,7 +44,7 @@ from clipdash.track import distributed
 from clipdash.track.buffer import StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
 from clipdash.track.norms import per_param_norms
-from clipdash.track.options import ClipOptions
+from clipdash.track.options import ALL_SETTABLE, ClipOptions
 from clipdash.track.params import ParamSet
 from clipdash.track.recorder import (
     Eval,
@@ -198,7 +198,8 @@ class Tracker:
                     nonfinite=o.nonfinite, n_groups=self._n_groups,
                     optimizer=", ".join(type(opt).__name__ for opt in self.optimizers),
                     scheduler=type(self.scheduler).__name__ if self.scheduler else None,
-                    settable=list(o.settable()), clip=_json_safe(o.to_dict()))
+                    settable=list(o.settable()), settings=list(ALL_SETTABLE),
+                    clip=_json_safe(o.to_dict()))
 
     # -- the hot path ----------------------------------------------------------------------
 
