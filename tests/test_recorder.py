@@ -71,11 +71,10 @@ def test_a_failing_sink_reaches_the_loop_and_marks_the_run_failed(tmp_path: Path
     tracker = Tracker(model, opt, run_dir=run_dir, tensorboard=False, buffer_steps=4,
                       quiet=True)
     tracker.recorder.sinks.append(FailingSink(fail_at=2))
-    with pytest.raises(RecordError) as caught:
-        with tracker:
-            train(tracker, model, 8)  # two batches of 4: the second fails
-            tracker.flush()
-            train(tracker, model, 8)
+    with pytest.raises(RecordError) as caught, tracker:
+        train(tracker, model, 8)  # two batches of 4: the second fails
+        tracker.flush()
+        train(tracker, model, 8)
     message = str(caught.value)
     assert message == f"clipdash: recording {run_dir} failed: No space left on device"
     with RunReader(run_dir) as r:
@@ -124,14 +123,14 @@ def test_a_full_filesystem_stops_the_loop_with_one_line(tiny_fs: Path) -> None:
     model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(40)])  # 80 norms per step
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     run_dir = tiny_fs / "full"
-    with pytest.raises(RecordError) as caught:
-        with Tracker(model, opt, run_dir=run_dir, buffer_steps=64, quiet=True,
-                     per_param_scalars=True) as tracker:
-            for _ in range(20_000):  # ~1 MiB of per-parameter records fills it long before
-                model.zero_grad()
-                model(torch.randn(4, 64)).pow(2).mean().backward()
-                tracker.clip()
-                tracker.step(0.0)
+    with pytest.raises(RecordError) as caught, Tracker(
+            model, opt, run_dir=run_dir, buffer_steps=64, quiet=True,
+            per_param_scalars=True) as tracker:
+        for _ in range(20_000):  # ~1 MiB of per-parameter records fills it long before
+            model.zero_grad()
+            model(torch.randn(4, 64)).pow(2).mean().backward()
+            tracker.clip()
+            tracker.step(0.0)
     message = str(caught.value)
     assert "\n" not in message and str(run_dir) in message
     assert "No space left on device" in message or "full" in message
@@ -146,7 +145,8 @@ def test_a_read_only_filesystem_is_refused_with_one_line(tiny_fs: Path) -> None:
     model, opt = make()
     with pytest.raises(RecordError) as caught:
         Tracker(model, opt, run_dir=tiny_fs / "ro", quiet=True)
-    assert str(caught.value) == f"clipdash: cannot record in {tiny_fs / 'ro'}: Read-only file system"
+    expected = f"clipdash: cannot record in {tiny_fs / 'ro'}: Read-only file system"
+    assert str(caught.value) == expected
 
 
 # -- never silently replace a record ---------------------------------------------------------

@@ -141,7 +141,8 @@ class Tracker:
             raise ValueError(f"buffer_steps must be >= 1, got {buffer_steps!r}")
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other")
-        optimizers = list(optimizer) if isinstance(optimizer, list | tuple) else [optimizer]
+        optimizers: list[Optimizer] = (list(optimizer) if isinstance(optimizer, list | tuple)
+                                       else [optimizer])  # type: ignore[list-item]
         if not optimizers:
             raise ValueError("Tracker needs at least one optimizer")
         self.optimizers = optimizers
