@@ -165,6 +165,7 @@ class Setup:
     tensorboard: bool
     per_param_scalars: bool
     record_params: bool
+    nonfinite_events: bool = False  # the writer reports non-finite streaks (device skip)
 
 
 class Recorder(threading.Thread):
@@ -183,6 +184,8 @@ class Recorder(threading.Thread):
         self.lock: RunLock | None = None
         self.prior_names: list[str] = []
         self.resumed = False
+        self._last_finite = True
+        self._prior_first: dict[str, int] = {}
         self._kept_events: list[tuple[int, str, str]] = []
         self._seen_commands: set[int] = set()
         self._last_beat = 0.0
@@ -218,7 +221,11 @@ class Recorder(threading.Thread):
                 # TensorBoard's purge marker drops everything at >= start_step from older
                 # files, including the events recorded at start_step before the checkpoint.
                 self._kept_events = self.store.events_at(s.start_step)
-                self.prior_names = [name for name, _ in self.store.params()]
+                prior = self.store.params()
+                self.prior_names = [name for name, _ in prior]
+                # A parameter that appeared before the resume point keeps its first step.
+                self._prior_first = {name: first for name, first in prior
+                                     if first is not None and first < s.start_step}
         except (OSError, sqlite3.Error) as exc:
             self._abandon()
             raise RecordError(f"clipdash: cannot record in {s.run_dir}: {_cause(exc)}") from exc
@@ -247,7 +254,8 @@ class Recorder(threading.Thread):
                 self.store.set_params([])
                 for i, (name, shape, first) in enumerate(
                         zip(names, shapes, first_steps, strict=True)):
-                    self.store.add_params([(name, shape)], first, i)
+                    self.store.add_params([(name, shape)],
+                                          self._prior_first.get(name, first), i)
                 self.store.set_meta(**meta, **s.meta)
                 self.store.start(s.total_steps)
                 self.sinks.append(StoreSink(self.store))
@@ -324,6 +332,8 @@ class Recorder(threading.Thread):
             cols = item.batch.columns(self.setup.record_params)
             for sink in self.sinks:
                 sink.write_steps(cols)
+            if self.setup.nonfinite_events:
+                self._nonfinite_events(cols)
             return
         if self.error is not None:
             return  # the run is marked failed: later records would describe a broken run
@@ -353,6 +363,16 @@ class Recorder(threading.Thread):
                 sink.set_param_names(item.names)
         elif isinstance(item, RejectPending):
             self.store.reject_pending(item.message)
+
+    def _nonfinite_events(self, cols: dict[str, Any]) -> None:
+        """One event per streak of non-finite steps, from the record (the device skipped them:
+        the training thread never learnt which steps they were)."""
+        for step, finite in zip(cols["step"].tolist(), cols["finite"].tolist(), strict=True):
+            if not finite and self._last_finite:
+                self._handle(Event(step, "nonfinite", f"non-finite gradient norm at step "
+                                   f"{step}: step skipped on the device, and every step until "
+                                   "the gradients are finite again"))
+            self._last_finite = bool(finite)
 
     def _flush(self) -> None:
         for sink in self.sinks:

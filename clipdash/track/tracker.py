@@ -154,7 +154,7 @@ class Tracker:
         self.checkpoint_fn = checkpoint
         self.step_index = start_step
         self.epoch = 0
-        self.nonfinite_steps = 0  # steps whose gradient norm was not finite (skip / stop)
+        self._nonfinite_host = 0  # non-finite steps seen by the host read (skip / stop)
         self._staged = False  # clip() measured this step into the buffer's staging row
         self._present: tuple[tuple[int, ...], Tensor] | None = None
         self._lrs: list[float] = []
@@ -183,6 +183,11 @@ class Tracker:
                                      else scheduler)
             self.buffer = StepBuffer(self.device, len(cols), int(buffer_steps))
             self._n_groups = len(self.param_set.groups)
+            # Skipping on the device: fused optimizers honour `found_inf` (as under GradScaler).
+            self._found_inf = torch.zeros((), device=self.device)
+            self._nonfinite_device = torch.zeros((), device=self.device)
+            self.device_skip = self.nonfinite == "skip" and skips_on_device(optimizers)
+            self.recorder.setup.nonfinite_events = self.device_skip
             self.recorder.begin(self.param_set.names, [tuple(p.shape) for p in cols],
                                 [None] * len(cols), self._run_meta())
         except BaseException:
@@ -232,6 +237,12 @@ class Tracker:
                             buf.threshold)
         self._lrs = ps.lrs()
         self._staged = True
+        if self.device_skip:  # no host read: the optimizers skip a non-finite step themselves
+            torch.logical_not(torch.isfinite(buf.pre), out=self._found_inf)
+            self._nonfinite_device.add_(self._found_inf)
+            for opt in self.optimizers:
+                opt.found_inf = self._found_inf  # type: ignore[attr-defined]
+            return True
         if self.nonfinite == "continue":
             return True
         # The one host read on the hot path (documented in DESIGN.md): on CUDA it waits for the
@@ -242,8 +253,16 @@ class Tracker:
         self._last_finite = finite
         return finite
 
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps whose gradient norm was not finite (skip / stop). With the device skip this
+        reads a device counter: call it at the end, not every step."""
+        if not self.device_skip:
+            return self._nonfinite_host
+        return self._nonfinite_host + int(self._nonfinite_device.item())
+
     def _on_nonfinite(self, grads: list[Tensor]) -> None:
-        self.nonfinite_steps += 1
+        self._nonfinite_host += 1
         if grads:
             torch._foreach_zero_(grads)
         if self.nonfinite == "stop":
@@ -278,6 +297,12 @@ class Tracker:
         if not added and len(ps.groups) == self._n_groups:
             return
         self.flush(wait=False)  # rows of the old width go out as one batch
+        if self.device_skip and not skips_on_device(self.optimizers):
+            self.device_skip = False  # a new group that cannot skip by itself: read the norm
+            self._nonfinite_host += int(self._nonfinite_device.item())
+            self._nonfinite_device.zero_()
+            for opt in self.optimizers:
+                opt.__dict__.pop("found_inf", None)
         if added:
             self.buffer = StepBuffer(self.device, len(ps.columns), self.buffer.capacity)
         self._n_groups = len(ps.groups)
@@ -464,6 +489,8 @@ class Tracker:
             self.recorder.put(State(final, message))
         finally:
             self._closed = True
+            for opt in self.optimizers:  # the optimizer must not keep skipping without us
+                opt.__dict__.pop("found_inf", None)
             self.recorder.finish()
             self.control.restore_signals()
         if not self.recorder.reported:
@@ -509,6 +536,24 @@ class _ControlHost:
 
     def resolve(self, command: Command, applied: bool, message: str) -> None:
         self._t.recorder.put(Resolve(command.id, applied, self._t.step_index, message))
+
+
+# Fused implementations that skip the whole update when `found_inf` is 1 (state included).
+# Fused SGD with momentum is left out: a skipped first step leaves its momentum buffer
+# uninitialised memory.
+_SKIPS_ON_DEVICE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad, torch.optim.SGD)
+
+
+def skips_on_device(optimizers: Sequence[Optimizer]) -> bool:
+    """True when every optimizer skips a non-finite step on the device (no host read)."""
+    for opt in optimizers:
+        if type(opt) not in _SKIPS_ON_DEVICE or not opt.param_groups:
+            return False
+        for group in opt.param_groups:
+            if not group.get("fused") or (isinstance(opt, torch.optim.SGD)
+                                          and group.get("momentum", 0) != 0):
+                return False
+    return True
 
 
 def _first_device(optimizers: list[Optimizer]) -> torch.device:
