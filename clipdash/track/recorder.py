@@ -301,6 +301,15 @@ class Recorder(threading.Thread):
         if self.lock is not None:
             self.lock.release()
 
+    def abort(self) -> None:
+        """Setup failed: release everything, and leave no half-made record of a new run."""
+        self.finish()
+        if self.setup.record and not self.resumed:
+            for suffix in ("", "-wal", "-shm"):
+                path = self.run_dir / (DB_NAME + suffix)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
     # -- the thread ------------------------------------------------------------------------
 
     def run(self) -> None:

@@ -168,16 +168,17 @@ class Tracker:
             sync = distributed.ControlSync(sync_every)
         if record is None:
             record = sync is None or sync.rank == 0
+        # Everything that can be refused is checked before the run directory is touched.
+        self.device = _first_device(optimizers)
+        self.clipper: Clipper = make_clipper(
+            self.options.mode, self.device, max_norm=self.options.max_norm,
+            max_value=self.options.max_value, **self.options.adaptive())
         self.recorder = Recorder(Setup(
             self.run_dir, record, resume or start_step > 0, overwrite, start_step, total_steps,
             meta or {}, tensorboard, per_param_scalars, record_params))
         try:
             self.param_set = ParamSet(model, optimizers, self.recorder.prior_names)
             cols = self.param_set.columns
-            self.device = cols[0].device if cols else _first_device(optimizers)
-            self.clipper: Clipper = make_clipper(
-                self.options.mode, self.device, max_norm=self.options.max_norm,
-                max_value=self.options.max_value, **self.options.adaptive())
             self.steering = Steering(self.clipper, optimizers,
                                      list(scheduler) if isinstance(scheduler, list | tuple)
                                      else scheduler)
@@ -191,7 +192,7 @@ class Tracker:
             self.recorder.begin(self.param_set.names, [tuple(p.shape) for p in cols],
                                 [None] * len(cols), self._run_meta())
         except BaseException:
-            self.recorder.finish()
+            self.recorder.abort()
             raise
         self.control = RunControl(self.steering, self.recorder.inbox, _ControlHost(self), sync)
         if record and not quiet:
@@ -557,11 +558,10 @@ def skips_on_device(optimizers: Sequence[Optimizer]) -> bool:
 
 
 def _first_device(optimizers: list[Optimizer]) -> torch.device:
-    for opt in optimizers:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                return p.device
-    return torch.device("cpu")
+    """Where the buffer lives: the first trainable parameter's device."""
+    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    first = next((p for p in params if p.requires_grad), params[0] if params else None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
