@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from clipdash import Tracker
 from clipdash.store import RunReader
-from clipdash.track.tracker import skips_on_device
+from clipdash.track.nonfinite import skips_on_device
 
 CONVERSIONS = ("item", "__bool__", "__float__", "__int__", "tolist")
 BAD_STEPS = {3, 4, 9}

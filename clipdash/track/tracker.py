@@ -43,6 +43,7 @@ from clipdash.store.layout import DEFAULT_RUNS_DIR
 from clipdash.track import distributed
 from clipdash.track.buffer import StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
+from clipdash.track.nonfinite import NonfiniteGuard
 from clipdash.track.norms import per_param_norms
 from clipdash.track.options import ALL_SETTABLE, ClipOptions
 from clipdash.track.params import ParamSet
@@ -154,11 +155,9 @@ class Tracker:
         self.checkpoint_fn = checkpoint
         self.step_index = start_step
         self.epoch = 0
-        self._nonfinite_host = 0  # non-finite steps seen by the host read (skip / stop)
         self._staged = False  # clip() measured this step into the buffer's staging row
         self._present: tuple[tuple[int, ...], Tensor] | None = None
         self._lrs: list[float] = []
-        self._last_finite = True
         self._latest_row: tuple[Tensor, float, int] | None = None
         self._closed = False
         self._closing = False
@@ -184,11 +183,10 @@ class Tracker:
                                      else scheduler)
             self.buffer = StepBuffer(self.device, len(cols), int(buffer_steps))
             self._n_groups = len(self.param_set.groups)
-            # Skipping on the device: fused optimizers honour `found_inf` (as under GradScaler).
-            self._found_inf = torch.zeros((), device=self.device)
-            self._nonfinite_device = torch.zeros((), device=self.device)
-            self.device_skip = self.nonfinite == "skip" and skips_on_device(optimizers)
-            self.recorder.setup.nonfinite_events = self.device_skip
+            self.guard = NonfiniteGuard(self.nonfinite, optimizers, self.device,
+                                        lambda kind, message: self.event(kind, message))
+            # With the device skip only the record knows which steps were non-finite.
+            self.recorder.setup.nonfinite_events = self.guard.on_device
             self.recorder.begin(self.param_set.names, [tuple(p.shape) for p in cols],
                                 [None] * len(cols), self._run_meta())
         except BaseException:
@@ -238,41 +236,22 @@ class Tracker:
                             buf.threshold)
         self._lrs = ps.lrs()
         self._staged = True
-        if self.device_skip:  # no host read: the optimizers skip a non-finite step themselves
-            torch.logical_not(torch.isfinite(buf.pre), out=self._found_inf)
-            self._nonfinite_device.add_(self._found_inf)
-            for opt in self.optimizers:
-                opt.found_inf = self._found_inf  # type: ignore[attr-defined]
+        if self.guard.after_measure(buf.pre, grads, self.step_index):
             return True
-        if self.nonfinite == "continue":
-            return True
-        # The one host read on the hot path (documented in DESIGN.md): on CUDA it waits for the
-        # norm; reading the value is cheaper than an isfinite kernel plus the same wait.
-        finite = math.isfinite(buf.pre.item())
-        if not finite:
-            self._on_nonfinite(grads)
-        self._last_finite = finite
-        return finite
+        if self.guard.stop_requested:
+            self.steering.stop_requested = True
+        return False
 
     @property
     def nonfinite_steps(self) -> int:
         """Steps whose gradient norm was not finite (skip / stop). With the device skip this
         reads a device counter: call it at the end, not every step."""
-        if not self.device_skip:
-            return self._nonfinite_host
-        return self._nonfinite_host + int(self._nonfinite_device.item())
+        return self.guard.count
 
-    def _on_nonfinite(self, grads: list[Tensor]) -> None:
-        self._nonfinite_host += 1
-        if grads:
-            torch._foreach_zero_(grads)
-        if self.nonfinite == "stop":
-            self.steering.stop_requested = True
-            self.event("nonfinite", f"non-finite gradient norm at step {self.step_index}: "
-                       "stopping")
-        elif self._last_finite:  # one event per streak; every step's `finite` is recorded
-            self.event("nonfinite", f"non-finite gradient norm at step {self.step_index}: "
-                       "step skipped, and every step until the gradients are finite again")
+    @property
+    def device_skip(self) -> bool:
+        """True while non-finite steps are skipped by the optimizers (no host read)."""
+        return self.guard.on_device
 
     def _partial_norms(self, grads: list[Tensor]) -> tuple[list[nn.Parameter], Tensor]:
         """Some parameters have no gradient this step (their recorded norm is 0), or the model
@@ -298,12 +277,8 @@ class Tracker:
         if not added and len(ps.groups) == self._n_groups:
             return
         self.flush(wait=False)  # rows of the old width go out as one batch
-        if self.device_skip and not skips_on_device(self.optimizers):
-            self.device_skip = False  # a new group that cannot skip by itself: read the norm
-            self._nonfinite_host += int(self._nonfinite_device.item())
-            self._nonfinite_device.zero_()
-            for opt in self.optimizers:
-                opt.__dict__.pop("found_inf", None)
+        self.guard.recheck()
+        self.recorder.setup.nonfinite_events = self.guard.on_device
         if added:
             self.buffer = StepBuffer(self.device, len(ps.columns), self.buffer.capacity)
         self._n_groups = len(ps.groups)
@@ -490,8 +465,7 @@ class Tracker:
             self.recorder.put(State(final, message))
         finally:
             self._closed = True
-            for opt in self.optimizers:  # the optimizer must not keep skipping without us
-                opt.__dict__.pop("found_inf", None)
+            self.guard.release()  # the optimizers must not keep skipping without us
             self.recorder.finish()
             self.control.restore_signals()
         if not self.recorder.reported:
@@ -537,24 +511,6 @@ class _ControlHost:
 
     def resolve(self, command: Command, applied: bool, message: str) -> None:
         self._t.recorder.put(Resolve(command.id, applied, self._t.step_index, message))
-
-
-# Fused implementations that skip the whole update when `found_inf` is 1 (state included).
-# Fused SGD with momentum is left out: a skipped first step leaves its momentum buffer
-# uninitialised memory.
-_SKIPS_ON_DEVICE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad, torch.optim.SGD)
-
-
-def skips_on_device(optimizers: Sequence[Optimizer]) -> bool:
-    """True when every optimizer skips a non-finite step on the device (no host read)."""
-    for opt in optimizers:
-        if type(opt) not in _SKIPS_ON_DEVICE or not opt.param_groups:
-            return False
-        for group in opt.param_groups:
-            if not group.get("fused") or (isinstance(opt, torch.optim.SGD)
-                                          and group.get("momentum", 0) != 0):
-                return False
-    return True
 
 
 def _first_device(optimizers: list[Optimizer]) -> torch.device:
