@@ -1,6 +1,6 @@
 """The recorder: the run directory, its lock, the store's setup and resume, and the writer thread.
 
-The training thread only enqueues typed items (the dataclasses below); the writer thread writes
+The training thread only enqueues typed items (`items.py`); the writer thread writes
 them, in order, to the sinks (the store, TensorBoard: `Sink`), beats the heartbeat and polls the
 commands table into `inbox`, a deque the trainer checks at step boundaries for the cost of a
 truth test.
@@ -21,14 +21,25 @@ import sqlite3
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from clipdash.store.layout import DB_NAME, is_run_dir
 from clipdash.store.lock import RunLock, acquire
 from clipdash.store.writer import RunWriter
-from clipdash.track.buffer import StepBatch
+from clipdash.track.items import (
+    Barrier,
+    Close,
+    Eval,
+    Event,
+    Item,
+    ParamsAdded,
+    RejectPending,
+    Resolve,
+    State,
+    Steps,
+)
 from clipdash.track.steering import Command
 
 HEARTBEAT_S = 1.0
@@ -42,68 +53,6 @@ class RecordError(RuntimeError):
 
 class RunExists(RuntimeError):
     """The run directory already holds a run and neither resume nor overwrite was asked for."""
-
-
-# -- items: what the training thread hands the writer thread ---------------------------------
-
-
-@dataclass(frozen=True)
-class Steps:
-    batch: StepBatch
-
-
-@dataclass(frozen=True)
-class Eval:
-    step: int
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Event:
-    step: int | None
-    kind: str
-    message: str
-    data: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class State:
-    state: str
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class Resolve:
-    command_id: int
-    applied: bool
-    step: int
-    message: str
-
-
-@dataclass(frozen=True)
-class ParamsAdded:
-    names: list[str]  # every column's name, new ones last
-    shapes: list[tuple[int, ...]]  # of the new columns
-    first_step: int
-    n_groups: int
-
-
-@dataclass(frozen=True)
-class RejectPending:
-    message: str
-
-
-@dataclass(frozen=True)
-class Barrier:
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass(frozen=True)
-class Close:
-    pass
-
-
-Item = Steps | Eval | Event | State | Resolve | ParamsAdded | RejectPending | Barrier | Close
 
 
 class Sink(Protocol):

@@ -43,23 +43,12 @@ from clipdash.store.layout import DEFAULT_RUNS_DIR
 from clipdash.track import distributed
 from clipdash.track.buffer import StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
+from clipdash.track.items import Eval, Event, ParamsAdded, RejectPending, Resolve, State, Steps
 from clipdash.track.nonfinite import NonfiniteGuard
 from clipdash.track.norms import per_param_norms
 from clipdash.track.options import ALL_SETTABLE, ClipOptions
 from clipdash.track.params import ParamSet
-from clipdash.track.recorder import (
-    Eval,
-    Event,
-    ParamsAdded,
-    Recorder,
-    RecordError,
-    RejectPending,
-    Resolve,
-    Setup,
-    State,
-    Steps,
-    describe_start,
-)
+from clipdash.track.recorder import Recorder, RecordError, Setup, describe_start
 from clipdash.track.runcontrol import Observer, RunControl
 from clipdash.track.steering import Command, Steering
 
