@@ -138,3 +138,16 @@ def test_observer_sees_control_messages(tmp_path: Path) -> None:
         assert seen == [("running", tracker.last_control_message)]
         tracker.request_stop()
         assert tracker.state == "stopping"
+
+
+def test_clip_options_are_torch_free() -> None:
+    """The engine's config and commands import ClipOptions without paying for torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from clipdash.track.options import ClipOptions; "
+            "ClipOptions(mode='percentile', percentile=5); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
