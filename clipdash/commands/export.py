@@ -19,7 +19,7 @@ from typing import Any
 from clipdash import jsonfmt
 from clipdash.commands.common import add_runs_dir, run_dir_arg
 from clipdash.store import RunReader
-from clipdash.store.schema import STEP_COLUMNS
+from clipdash.store.schema import EXPORT_COLUMNS
 
 MEASURED = ("loss", "grad_norm_pre", "grad_norm_post", "clip_coef")
 
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _rows(reader: RunReader, with_params: bool) -> tuple[list[str], Any]:
     n_groups = int(reader.meta().get("n_groups", 1))
     names = [n for n, _ in reader.params()] if with_params else []
-    columns = [*STEP_COLUMNS, "max_value", *(f"lr_group_{g}" for g in range(1, n_groups)), *names]
+    columns = [*EXPORT_COLUMNS, *(f"lr_group_{g}" for g in range(1, n_groups)), *names]
 
     def rows() -> Any:
         for d in reader.iter_steps(with_params=with_params):

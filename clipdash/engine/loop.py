@@ -108,7 +108,7 @@ class Trainer:
             max_value=clip.max_value, nonfinite=clip.nonfinite,
             clip_options=clip.adaptive_options(), total_steps=s.total_steps,
             per_param_scalars=clip.per_param_scalars, checkpoint=self._checkpoint,
-            start_step=self.step, meta=meta)
+            start_step=self.step, resume=resume, meta=meta)
         if self.tracker_state:
             self.tracker.load_state_dict(self.tracker_state)
         if resume and self.restored_from is not None:
