@@ -11,7 +11,7 @@ import pytest
 from tui_fixtures import make_run
 
 from clipdash.cli import SUBCOMMANDS, build_parser, main
-from clipdash.control import SETTABLE
+from clipdash.track.options import ALL_SETTABLE
 
 VENV_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
 
@@ -48,7 +48,7 @@ def test_watch_help_lists_the_dashboard_keys(capsys: pytest.CaptureFixture[str])
 def test_ctl_help_lists_every_settable_key(capsys: pytest.CaptureFixture[str]) -> None:
     listed = help_text(capsys, "ctl").split("settable keys", 1)[1].split("examples:")[0]
     names = [line.split()[0] for line in listed.splitlines()[1:] if line.strip()]
-    assert names == list(SETTABLE)
+    assert names == list(ALL_SETTABLE)
     assert {"percentile", "z_threshold", "clipping"} <= set(names)
 
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 
-from clipdash.control import ACTIONS, SETTABLE
+from clipdash.control import ACTIONS
+from clipdash.track.options import ALL_SETTABLE
 
 SHELLS = ("bash", "zsh", "fish")
 # Commands whose positional arguments are runs, and the words `ctl` takes after RUN.
 RUN_COMMANDS = ("ctl", "export", "suggest", "compare", "rm")
 FILE_COMMANDS = ("run", "sweep", "lr-find")
 DIR_COMMANDS = ("ls", "watch")
-CTL_WORDS = " ".join((*ACTIONS, "set", *(f"{key}=" for key in SETTABLE)))
+CTL_WORDS = " ".join((*ACTIONS, "set", *(f"{key}=" for key in ALL_SETTABLE)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from clipdash.commands.common import add_runs_dir
 from clipdash.commands.errors import UsageError
-from clipdash.control import ACTIONS, SETTABLE
+from clipdash.control import ACTIONS
+from clipdash.track.options import ALL_SETTABLE
 
-# What each settable key is for; `ctl --help` lists them (a test checks it covers SETTABLE).
+# What each settable key is for; `ctl --help` lists them (a test checks it covers ALL_SETTABLE).
 KEY_HELP = {
     "max_norm": "the norm threshold (clip mode norm)",
     "lr": "the learning rate; the whole schedule is scaled (every clip mode)",
@@ -29,8 +30,8 @@ VERBS = (*ACTIONS, "set")
 
 
 def epilog() -> str:
-    width = max(len(k) for k in SETTABLE)
-    keys = "\n".join(f"  {k:<{width}}  {KEY_HELP.get(k, '')}" for k in SETTABLE)
+    width = max(len(k) for k in ALL_SETTABLE)
+    keys = "\n".join(f"  {k:<{width}}  {KEY_HELP.get(k, '')}" for k in ALL_SETTABLE)
     return f"settable keys (set KEY=VALUE; a run takes those of its clip mode):\n{keys}"
 
 
