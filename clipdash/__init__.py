@@ -1,7 +1,7 @@
 """clipdash: see and steer gradient clipping and learning-rate schedules while PyTorch trains.
 
 `Tracker` is imported lazily so that `import clipdash` (and the dashboard, which imports
-`clipdash.store`) never pays for `import torch`.
+`clipdash.store`) never pays for `import torch`. `ClipOptions` (torch-free) is lazy too.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Tracker", "__version__"]
+__all__ = ["ClipOptions", "Tracker", "__version__"]
 
 if TYPE_CHECKING:
+    from clipdash.track.options import ClipOptions
     from clipdash.track.tracker import Tracker
 
 
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from clipdash.track.tracker import Tracker
 
         return Tracker
+    if name == "ClipOptions":
+        from clipdash.track.options import ClipOptions
+
+        return ClipOptions
     raise AttributeError(f"module 'clipdash' has no attribute {name!r}")

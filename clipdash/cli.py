@@ -25,20 +25,55 @@ SUBCOMMANDS = {
     "compare": "compare runs side by side",
     "suggest": "suggest a max_norm from a run's recorded gradient norms",
     "lr-find": "learning-rate range test: suggest base and max LR",
+    "rm": "delete runs (asks first; refuses live runs)",
+    "completion": "print a shell completion script (bash, zsh, fish)",
+    "help": "show the help of a command",
 }
+
+# One example block per subcommand, shown under its --help (the engine's commands included).
+EXAMPLES = {
+    "run": ["clipdash run examples/exploding_rnn.toml --set clip.max_norm=0.5",
+            "clipdash run --resume @latest"],
+    "watch": ["clipdash watch runs"],
+    "ls": ["clipdash ls", "clipdash ls runs --json | jq '.[] | {name, status, steps}'"],
+    "ctl": ["clipdash ctl exploding set max_norm=0.5    # a unique prefix of the run name",
+            "clipdash ctl @latest pause", "clipdash ctl stop                         "
+            "# the only live run"],
+    "export": ["clipdash export @latest --format jsonl | head",
+               "clipdash export my-run --params > steps.csv"],
+    "sweep": ["clipdash sweep examples/sweep_clip_x_schedule.toml --jobs 2"],
+    "compare": ["clipdash compare my-sweep", "clipdash compare run-a run-b --json"],
+    "suggest": ["clipdash suggest @latest", "clipdash suggest my-run --percentile 25"],
+    "lr-find": ["clipdash lr-find examples/exploding_rnn.toml --steps 100"],
+    "rm": ["clipdash rm old-run other-run", "clipdash rm my-sweep -y"],
+    "completion": ['eval "$(clipdash completion bash)"      # add to ~/.bashrc',
+                   "clipdash completion fish > ~/.config/fish/completions/clipdash.fish"],
+    "help": ["clipdash help ctl"],
+}
+
+
+def epilog(name: str, module: object) -> str:
+    """The examples, after whatever the command itself lists (keys, settable values)."""
+    examples = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, []))
+    extra = getattr(module, "epilog", None)
+    return (extra() + "\n\n" if callable(extra) else "") + examples
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipdash",
-        description="See and steer gradient clipping and learning-rate schedules.")
+        description="See and steer gradient clipping and learning-rate schedules.",
+        epilog="`clipdash help COMMAND` shows a command's options and examples. A RUN is a run "
+        "directory, a name in --runs-dir, a unique prefix of one, or @latest.")
     parser.add_argument("--version", action="version", version=f"clipdash {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in SUBCOMMANDS.items():
         module = importlib.import_module(f"clipdash.commands.{name.replace('-', '_')}")
-        sub = subs.add_parser(name, help=help_text, description=help_text)
+        sub = subs.add_parser(name, help=help_text, description=help_text,
+                              epilog=epilog(name, module),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(_module=module)
+        sub.set_defaults(_module=module, _root=parser)
     return parser
 
 

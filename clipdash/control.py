@@ -33,8 +33,6 @@ from clipdash.store.layout import DB_NAME, DEFAULT_RUNS_DIR, RunNotFound, resolv
 from clipdash.store.schema import StoreError
 
 ACTIONS = ("pause", "resume", "stop")
-# max_value: clip mode value; percentile, z_threshold, clipping: the adaptive modes
-SETTABLE = ("max_norm", "lr", "max_value", "percentile", "z_threshold", "clipping")
 SOURCES = ("cli", "dashboard", "api")
 DEFAULT_TIMEOUT_S = 15.0
 POLL_S = 0.02
@@ -49,9 +47,10 @@ class ControlTimeout(ControlError):
 
 
 def parse_setting(key: str, text: str | float) -> float:
-    """The number a `set KEY=VALUE` carries, or ControlError saying why it is not acceptable."""
-    if key not in SETTABLE:
-        raise ControlError(f"unknown setting {key!r} (settable: {', '.join(SETTABLE)})")
+    """The number a `set KEY=VALUE` carries, or ControlError saying why it is not acceptable.
+
+    Which keys a run accepts is the run's to say (its meta's `settable`, checked by `send`).
+    """
     if isinstance(text, bool):
         raise ControlError(f"{key}: {text!r} is not a number")
     try:
@@ -103,14 +102,25 @@ def send(run: str | Path, action: str, key: str | None = None, value: str | floa
         # Killed within the last few seconds: the heartbeat is not stale yet, but nobody is there.
         raise ControlError(f"run {run_dir.name} is lost (its trainer process is gone): "
                            "it takes no commands")
-    settable = info.get("settable")
-    if action == "set" and isinstance(settable, list) and key not in settable:
-        raise ControlError(f"{key} cannot be set on run {run_dir.name} (clip mode "
-                           f"{info.get('clip_mode', '?')}; settable: {', '.join(settable)})")
+    if action == "set":
+        _check_settable(run_dir, info, key or "")
     command_id = submit(run_dir, action, key, text, source)
     if not wait:
         return CommandResult(command_id, "pending", None, None)
     return wait_for(run_dir, command_id, timeout)
+
+
+def _check_settable(run_dir: Path, info: dict[str, object], key: str) -> None:
+    """The run declares what it accepts: `settable` now, `settings` in any clip mode."""
+    settable = info.get("settable")
+    if not isinstance(settable, list) or key in settable:
+        return  # a run that declares nothing: the trainer validates (and rejects) it
+    known = info.get("settings")
+    if isinstance(known, list) and key not in known:
+        raise ControlError(f"unknown setting {key!r} (settable on run {run_dir.name}: "
+                           f"{', '.join(map(str, settable))})")
+    raise ControlError(f"{key} cannot be set on run {run_dir.name} (clip mode "
+                       f"{info.get('clip_mode', '?')}; settable: {', '.join(map(str, settable))})")
 
 
 def wait_for(run_dir: str | Path, command_id: int,

@@ -3,7 +3,7 @@
 # show what clipdash recorded. On a terminal it ends in the live dashboard (q quits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/ensure_venv.sh  # skips the set-up when .venv is current
 RUNS=${RUNS_DIR:-runs}
 # One torch thread: these models are small, and on a busy or 2-core machine torch's threads
 # waiting on each other can slow a run tenfold.

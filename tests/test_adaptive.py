@@ -16,9 +16,8 @@ from clipdash.track.adaptive import (
     ZScoreClipper,
 )
 from clipdash.track.clippers import EPS, make_clipper
-from clipdash.track.steering import Steering
+from clipdash.track.steering import Command, Steering
 from clipdash.track.tracker import Tracker
-from clipdash.track.writer import Command
 
 CPU = torch.device("cpu")
 

@@ -175,3 +175,32 @@ def test_damaged_store_is_a_one_line_error(tmp_path: Path, capsys: pytest.Captur
     code, _, err = run_cli(capsys, *command, "--runs-dir", str(tmp_path))
     assert code == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and "clipdash.sqlite" in err and "not a clipdash store" in err
+
+
+@pytest.mark.parametrize("command", ["ls", "watch"])
+def test_missing_or_file_runs_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          command: str) -> None:
+    code, out, err = run_cli(capsys, command, str(tmp_path / "runz"))
+    assert (code, out, err) == (2, "", f"clipdash {command}: {tmp_path / 'runz'}: does not exist\n")
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(capsys, command, str(tmp_path / "file"))
+    assert code == 2 and "is not a directory of runs" in err
+    (tmp_path / "empty").mkdir()
+    if command == "ls":  # an existing, empty directory is not an error
+        assert run_cli(capsys, "ls", str(tmp_path / "empty"))[:2] == (
+            0, f"no runs in {tmp_path / 'empty'}/\n")
+
+
+def test_watch_without_a_terminal_refuses_at_once(tmp_path: Path) -> None:
+    """Piped or cron'd, the dashboard used to write escape codes into the pipe forever."""
+    import subprocess
+    import sys
+
+    from trainer_proc import ENV
+
+    (tmp_path / "runs").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "clipdash", "watch", str(tmp_path / "runs")],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=ENV,
+                          timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "needs a terminal" in proc.stderr

@@ -138,7 +138,7 @@ def test_metric_vs_max_norm_plot_places_points(folder: Path):
     assert rows[1].startswith("o") and rows[2].startswith("x")
     assert lines[-1].split() == ["o", "CyclicLR", "x", "StepLR"]
     same = metric_vs_max_norm(runs[:1], "val_accuracy")
-    assert same[0].startswith("(no plot")
+    assert same[0].startswith("no plot of val_accuracy against max_norm: the only run with")
 
 
 def test_textplot_axes_and_log_scale():
@@ -146,3 +146,35 @@ def test_textplot_axes_and_log_scale():
     rows = [ln.split("|", 1)[1] for ln in lines[:3]]
     assert rows == ["          o", "     o", "o"]  # log x: 10 sits in the middle
     assert lines[4].split() == ["1", "10", "100"]
+
+
+def test_table_has_a_max_norm_column(folder: Path):
+    runs = [run_metrics(p, p.name) for p in sorted(folder.iterdir())]
+    metric, ordered = rank(runs, "val")
+    lines = table(ordered, metric)
+    header = lines[0].split()
+    col = header.index("MAX_NORM")
+    assert {ln.split()[1]: ln.split()[col] for ln in lines[1:]} == {
+        r.name: f"{r.max_norm:g}" for r in ordered}
+    value = RunMetrics(name="v", path="v", status="finished", clip_mode="value", max_norm=1.0)
+    lines = table([value], "train_loss")
+    assert lines[1].split()[lines[0].split().index("MAX_NORM")] == "value"
+
+
+def test_no_plot_line_says_why(folder: Path, tmp_path: Path):
+    runs = [run_metrics(p) for p in sorted(folder.iterdir()) if "max_norm=2" in p.name]
+    assert metric_vs_max_norm(runs, "val_accuracy") == [
+        "no plot of val_accuracy against max_norm: all 2 runs with a val_accuracy value use "
+        "max_norm 2; compare runs with different max_norm values to see a trend"]
+    none = [RunMetrics(name="a", path="a", status="failed", max_norm=1.0)]
+    assert metric_vs_max_norm(none, "val_loss") == [
+        "no plot of val_loss against max_norm: none of the 1 runs has a val_loss value"]
+
+
+def test_legend_lists_only_what_is_drawn():
+    lines = plot({"drawn": [(1.0, 1.0), (2.0, 2.0)], "nan only": [(1.0, math.nan)],
+                  "also": [(1.5, 3.0)]}, width=10, height=4,
+                 vlines={"m max_lr": 1.5, "o off-range": 50.0})
+    legend = lines[-1]
+    assert legend.strip().split("   ") == ["o drawn", "+ also", "m| max_lr"]
+    assert "nan only" not in legend and "off-range" not in legend

@@ -94,3 +94,28 @@ def test_no_finite_norm_is_an_error():
         suggest([None, math.inf])
     with pytest.raises(ValueError):
         suggest([1.0], percentile=0)
+
+
+def test_mostly_nonfinite_run_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """23 finite norms out of 100: the suggestion stands, with a warning in every output."""
+    from tui_fixtures import make_run, step_columns
+
+    writer = make_run(tmp_path / "exploded", 23)
+    cols = step_columns(23, 77)
+    cols["grad_norm_pre"] = np.full(77, math.inf)
+    cols["finite"] = np.zeros(77, bool)
+    writer.append_steps(cols)
+    writer.close()
+    assert main(["suggest", str(tmp_path / "exploded")]) == 0
+    out, err = capsys.readouterr()
+    expected = ("77 of 100 steps (77.0%) had a non-finite gradient norm: this suggestion rests "
+                "on only 23 finite steps")
+    assert expected in err and f"warning: {expected}" in out
+    data = cli_json("suggest", str(tmp_path / "exploded"), "--json")
+    assert data["warning"].startswith(expected) and data["n_finite"] == 23
+    assert data["max_norm"] == pytest.approx(np.percentile(step_columns(0, 23)["grad_norm_pre"],
+                                                           10))
+
+
+def test_a_mostly_finite_run_has_no_warning(norms_run):
+    assert cli_json("suggest", str(norms_run[0]), "--json")["warning"] is None

@@ -25,18 +25,31 @@ def series_name(run: RunMetrics) -> str:
     return f"{run.scheduler or 'none'}{mode}"
 
 
+def no_plot_reason(metric: str, n_runs: int, n_valued: int, xs: set[float]) -> str:
+    """Why there is no metric-vs-max_norm plot, in words a user can act on."""
+    head = f"no plot of {metric} against max_norm:"
+    if not n_valued:
+        return f"{head} none of the {n_runs} runs has a {metric} value"
+    if not xs:
+        return f"{head} the runs with a {metric} value have no max_norm (clip mode not norm)"
+    runs = "the only run" if n_valued == 1 else f"all {n_valued} runs"
+    use = "uses" if n_valued == 1 else "use"
+    return (f"{head} {runs} with a {metric} value {use} max_norm {next(iter(xs)):g}; "
+            "compare runs with different max_norm values to see a trend")
+
+
 def metric_vs_max_norm(runs: Sequence[RunMetrics], metric: str, width: int = 60,
                        height: int = 14) -> list[str]:
     """A text plot of `metric` against each run's max_norm, one marker per series."""
     series: dict[str, list[tuple[float, float]]] = {}
-    for r in runs:
+    valued = [r for r in runs if r.value(metric) is not None]
+    for r in valued:
         v = r.value(metric)
-        if v is None or r.max_norm is None:
-            continue
-        series.setdefault(series_name(r), []).append((float(r.max_norm), v))
+        if r.max_norm is not None and v is not None:
+            series.setdefault(series_name(r), []).append((float(r.max_norm), v))
     xs = {x for s in series.values() for x, _ in s}
     if len(xs) < 2:
-        return [f"(no plot: the runs with a {metric} value do not differ in max_norm)"]
+        return [no_plot_reason(metric, len(runs), len(valued), xs)]
     for s in series.values():
         s.sort()
     ys = [y for s in series.values() for _, y in s]

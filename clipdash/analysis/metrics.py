@@ -18,8 +18,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from clipdash import jsonfmt
 from clipdash.store import CONFIG_NAME, RunReader, StoreError
 
 BLOWUP_FACTOR = 4.0
@@ -61,11 +62,8 @@ class RunMetrics:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():  # JSON has no NaN
-            if isinstance(v, float) and not math.isfinite(v):
-                d[k] = None if math.isnan(v) else str(v)
-        return d
+        """Strict JSON under the one convention (clipdash.jsonfmt: "inf", "-inf", "nan")."""
+        return cast(dict[str, Any], jsonfmt.strict(asdict(self)))
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -179,23 +177,30 @@ def _columns(runs: Sequence[RunMetrics], metric: str) -> list[str]:
     return cols
 
 
+def threshold(r: RunMetrics) -> str:
+    """The MAX_NORM cell: the configured max_norm, or the clip mode when it is not by norm."""
+    if r.clip_mode in (None, "norm"):
+        return _fmt(r.max_norm)
+    return str(r.clip_mode)
+
+
 def table(runs: Sequence[RunMetrics], metric: str, extra: Sequence[str] = ()) -> list[str]:
     """The results table as aligned text lines, in the given order.
 
     Columns: rank, run, the ranking metric first, then val loss/accuracy (when any run has
-    them), final train loss, clip rate, mean pre-clip norm, diverged, status; `extra` adds
-    hparams columns.
+    them), final train loss, clip rate, mean pre-clip norm, max_norm (the config's; the clip mode
+    when not clipping by norm), diverged, status; `extra` adds hparams columns.
     """
     cols = _columns(runs, metric)
     header = ["#", "RUN", *[h.upper() for h in extra], *[c.upper() for c in cols],
-              "DIVERGED", "STATUS"]
+              "MAX_NORM", "DIVERGED", "STATUS"]
     rows = [header]
     for r in runs:
         status = r.status + (f": {r.error}" if r.error and r.status in ("invalid", "failed")
                              else "")
         rows.append([_fmt(r.rank), r.name, *[_fmt(r.hparams.get(h)) for h in extra],
                      *[_fmt(getattr(r, c), ".3f" if c == "clip_rate" else ".4g") for c in cols],
-                     _fmt(r.diverged) if r.steps else "-", status])
+                     threshold(r), _fmt(r.diverged) if r.steps else "-", status])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
             + "  " + row[-1] for row in rows]
@@ -204,11 +209,11 @@ def table(runs: Sequence[RunMetrics], metric: str, extra: Sequence[str] = ()) ->
 def markdown_table(runs: Sequence[RunMetrics], metric: str) -> list[str]:
     """The same table as GitHub markdown (for docs and reports)."""
     cols = _columns(runs, metric)
-    header = ["#", "run", *cols, "diverged", "status"]
+    header = ["#", "run", *cols, "max_norm", "diverged", "status"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in runs:
         vals = [_fmt(r.rank), f"`{r.name}`",
                 *[_fmt(getattr(r, c), ".3f" if c == "clip_rate" else ".4g") for c in cols],
-                _fmt(r.diverged) if r.steps else "-", r.status]
+                threshold(r), _fmt(r.diverged) if r.steps else "-", r.status]
         out.append("| " + " | ".join(vals) + " |")
     return out

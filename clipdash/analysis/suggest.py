@@ -54,6 +54,17 @@ class Suggestion:
                 "candidates": [c.__dict__ for c in self.candidates], "stats": self.stats}
 
 
+def nonfinite_warning(s: Suggestion) -> str | None:
+    """A warning when most steps had a non-finite norm: the suggestion then rests on the few
+    steps before (or between) the blow-ups, which say little about a run that diverged."""
+    bad = s.n_steps - s.n_finite
+    if bad * 2 <= s.n_steps:
+        return None
+    return (f"{bad} of {s.n_steps} steps ({bad / s.n_steps:.1%}) had a non-finite gradient norm: "
+            f"this suggestion rests on only {s.n_finite} finite steps; rerun with a lower LR "
+            "or a tighter max_norm and suggest from that run")
+
+
 def suggest(values: Sequence[float | None], percentile: float = DEFAULT_PERCENTILE,
             candidates: Sequence[float] = CANDIDATES) -> Suggestion:
     """The p-th percentile of the finite norms, plus the candidates' clip fractions."""

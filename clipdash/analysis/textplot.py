@@ -55,12 +55,14 @@ def plot(series: Mapping[str, Sequence[tuple[float, float]]], *, width: int = 60
         pad = abs(ylo) * 0.1 or 1.0
         ylo, yhi = (ylo / 2, yhi * 2) if logy else (ylo - pad, yhi + pad)
     grid = [[" "] * width for _ in range(height)]
+    drawn_vlines = []
     for label, x in (vlines or {}).items():
         if _usable(x, 1.0, logx, False) and xlo <= x <= xhi:
             col = _scale(x, xlo, xhi, width, logx)
             for row in grid:
                 row[col] = "|"
             grid[0][col] = label[:1]
+            drawn_vlines.append(label)
     chosen = dict(markers or {})
     placed: set[str] = {OVERLAP}
     for i, (name, s) in enumerate(pts.items()):
@@ -98,10 +100,14 @@ def plot(series: Mapping[str, Sequence[tuple[float, float]]], *, width: int = 60
     scale = " (log)" if logx else ""
     if xlabel:
         lines.append(" " * (pad + 2) + xlabel + scale)
-    legend = [f"{chosen.get(n, MARKERS[i % len(MARKERS)])} {n}" for i, n in enumerate(pts)]
-    if any(OVERLAP in row for row in grid):
+    # The legend names only what is on the grid: a series whose points were all left out (or
+    # all drawn over) and a vline outside the x range are not in it.
+    on_grid = {ch for row in grid for ch in row}
+    legend = [f"{mark} {n}" for i, n in enumerate(pts)
+              if (mark := chosen.get(n, MARKERS[i % len(MARKERS)])) in on_grid]
+    if OVERLAP in on_grid:
         legend.append(f"{OVERLAP} several")
-    if len(legend) > 1 or vlines:
-        extra = [f"{k[:1]}| {k[1:].strip() or k}" for k in (vlines or {})]
+    if len(legend) > 1 or drawn_vlines:
+        extra = [f"{k[:1]}| {k[1:].strip() or k}" for k in drawn_vlines]
         lines.append(" " * (pad + 2) + "   ".join(legend + extra))
     return lines

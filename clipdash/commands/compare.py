@@ -6,9 +6,9 @@ A RUN that names a folder of runs (a sweep: `clipdash compare my-sweep`) stands 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from clipdash import jsonfmt
 from clipdash.commands.common import add_runs_dir
 from clipdash.commands.errors import UsageError
 from clipdash.store.layout import RunNotFound, find_runs, is_run_dir, resolve_run
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps({"metric": metric, "runs": [r.to_json() for r in ordered]}, indent=1))
+        print(jsonfmt.dumps({"metric": metric, "runs": [r.to_json() for r in ordered]}, indent=1))
         return 0
     if args.markdown:
         print("\n".join(markdown_table(ordered, metric)))

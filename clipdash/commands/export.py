@@ -4,21 +4,22 @@ Columns: step, epoch, wall_time, loss, lr, grad_norm_pre, grad_norm_post, max_no
 clipped, finite, max_value, lr_group_N (N >= 1, when there are several groups), then with --params
 one column per parameter, named after it. Evaluations are not steps: they are in the store's
 `evals` table and in TensorBoard. clipped and finite are 1/0 in CSV and true/false in JSON
-lines; NaN is `nan` in CSV and null in JSON lines.
+lines. Non-finite numbers are `inf`, `-inf`, `nan` in CSV and the strings "inf", "-inf", "nan"
+in JSON lines (clipdash.jsonfmt); null (CSV: empty) is a value that was not recorded.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 from typing import Any
 
+from clipdash import jsonfmt
 from clipdash.commands.common import add_runs_dir, run_dir_arg
 from clipdash.store import RunReader
-from clipdash.store.schema import STEP_COLUMNS
+from clipdash.store.schema import EXPORT_COLUMNS
 
 MEASURED = ("loss", "grad_norm_pre", "grad_norm_post", "clip_coef")
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _rows(reader: RunReader, with_params: bool) -> tuple[list[str], Any]:
     n_groups = int(reader.meta().get("n_groups", 1))
     names = [n for n, _ in reader.params()] if with_params else []
-    columns = [*STEP_COLUMNS, "max_value", *(f"lr_group_{g}" for g in range(1, n_groups)), *names]
+    columns = [*EXPORT_COLUMNS, *(f"lr_group_{g}" for g in range(1, n_groups)), *names]
 
     def rows() -> Any:
         for d in reader.iter_steps(with_params=with_params):
@@ -73,7 +74,5 @@ def run(args: argparse.Namespace) -> int:
                 writer.writerow({k: _csv_cell(v) for k, v in d.items()})
         else:
             for d in rows:
-                clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                         for k, v in d.items()}
-                out.write(json.dumps(clean) + "\n")
+                out.write(jsonfmt.dumps(d) + "\n")
     return 0

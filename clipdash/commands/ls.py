@@ -1,26 +1,44 @@
-"""`clipdash ls [RUNS_DIR] [--json]`: runs with status, step, last loss and max_norm."""
+"""`clipdash ls [RUNS_DIR] [--json]`: runs with status, step, last loss and max_norm.
+
+STEPS in the table and `steps` in the JSON are the same number: steps recorded (the last
+0-based `step` + 1), of `total_steps`. The JSON's `step` is that last 0-based step, the number
+`export` and the store use. Floats follow clipdash.jsonfmt ("inf", "-inf", "nan").
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from clipdash import jsonfmt
+from clipdash.commands.common import add_runs_dir_positional, existing_runs_dir
 from clipdash.store import RunReader, StoreError, find_runs
-from clipdash.store.layout import DEFAULT_RUNS_DIR
+from clipdash.store.layout import run_name, shown
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs_dir", nargs="?", default=DEFAULT_RUNS_DIR, metavar="RUNS_DIR",
-                        help="directory of runs (default: ./runs)")
+    add_runs_dir_positional(parser)
     parser.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    # For shell completion: run names one per line, silent when there are none (names a
+    # shell word cannot hold, with spaces or control characters, are left out).
+    parser.add_argument("--names", action="store_true", help=argparse.SUPPRESS)
 
 
 def _fmt(value: float | int | None, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _steps(step: int | None) -> int:
+    return 0 if step is None else step + 1
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.names:
+        for path in find_runs(args.runs_dir):
+            if (name := run_name(path, args.runs_dir)).isprintable() and " " not in name:
+                print(name)
+        return 0
+    existing_runs_dir(args.runs_dir)
     summaries = []
     for run_dir in find_runs(args.runs_dir):
         try:
@@ -29,19 +47,18 @@ def run(args: argparse.Namespace) -> int:
         except StoreError as exc:  # a run being created right now, or a damaged file
             print(f"clipdash ls: skipping {run_dir}: {exc}", file=sys.stderr)
             continue
-        name = str(run_dir.relative_to(args.runs_dir))
-        summaries.append((name, summary))
+        summaries.append((run_name(run_dir, args.runs_dir), summary))
     if args.json:
-        print(json.dumps([dict(s.to_json(), name=n) for n, s in summaries], indent=1))
+        print(jsonfmt.dumps([dict(s.to_json(), name=n, steps=_steps(s.step))
+                             for n, s in summaries], indent=1))
         return 0
     if not summaries:
         print(f"no runs in {args.runs_dir}/")
         return 0
-    # STEPS counts recorded steps (last 0-based step + 1), so a finished run reads 1500/1500.
     header = ("RUN", "STATUS", "STEPS", "LOSS", "GRAD_NORM", "MAX_NORM", "LR")
     rows = [header] + [
-        (n, s.status, _fmt(None if s.step is None else s.step + 1, "d")
-         + ("/" + _fmt(s.total_steps, "d") if s.total_steps else ""),
+        (shown(n), s.status,
+         str(_steps(s.step)) + ("/" + _fmt(s.total_steps, "d") if s.total_steps else ""),
          _fmt(s.loss), _fmt(s.grad_norm_pre), _fmt(s.max_norm), _fmt(s.lr))
         for n, s in summaries
     ]

@@ -8,8 +8,9 @@ percentiles, the share of steps that threshold would have clipped. Math in clipd
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
+from clipdash import jsonfmt
 from clipdash.commands.common import add_runs_dir, run_dir_arg
 from clipdash.commands.errors import UsageError
 
@@ -24,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipdash.analysis.suggest import finite_norms, render_histogram, suggest
+    from clipdash.analysis.suggest import (
+        finite_norms,
+        nonfinite_warning,
+        render_histogram,
+        suggest,
+    )
     from clipdash.store import RunReader, StoreError
 
     run_dir = run_dir_arg(args.run, args.runs_dir)
@@ -44,10 +50,13 @@ def run(args: argparse.Namespace) -> int:
     clipped = [c for c in cols["clipped"] if c is not None]
     actual_rate = sum(clipped) / len(clipped) if clipped else None
     thresholds = [m for m in cols["max_norm"] if m is not None]
+    warning = nonfinite_warning(s)
+    if warning:
+        print(f"clipdash suggest: warning: {warning}", file=sys.stderr)
     if args.json:
         out = dict(s.to_json(), run=str(run_dir), clip_mode=meta.get("clip_mode"),
-                   actual_clip_rate=actual_rate)
-        print(json.dumps(out, indent=1))
+                   actual_clip_rate=actual_rate, warning=warning)
+        print(jsonfmt.dumps(out, indent=1))
         return 0
     mode = meta.get("clip_mode", "norm")
     print(f"{run_dir.name}: {s.n_finite} finite pre-clip gradient norms "
@@ -71,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"suggested: [clip] max_norm = {s.max_norm:.4g}   (p{s.percentile:g} of the history, "
           f"AutoClip; or let it adapt: mode = \"percentile\", percentile = {s.percentile:g})")
+    if warning:
+        print(f"warning: {warning}")
     print("  (fractions are of this run's norms; a different threshold changes the trajectory, "
           "so read them as estimates)")
     return 0

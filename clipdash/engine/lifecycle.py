@@ -29,19 +29,15 @@ import shutil
 import sqlite3
 import sys
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clipdash.engine.config import Config, dump_toml, load_config, parse_toml
 from clipdash.engine.errors import ConfigError, RunError
 from clipdash.store import lock
 from clipdash.store.layout import CONFIG_NAME
 from clipdash.store.names import check_run_name, default_run_name
-
-if TYPE_CHECKING:
-    from clipdash.engine.loop import Trainer
 
 ERROR_LOG = "error.log"
 ERROR_RESERVE = ".error.log.reserve"
@@ -300,11 +296,13 @@ def _train(cfg: Config, prepared: Any, run_dir: Path, *, resume: bool, progress:
         if lead:
             _reserve(run_dir)
 
-        def make() -> Trainer:
-            return Trainer(prepared, run_dir, resume=resume, progress=progress, meta=meta,
-                           controls=changes.controls if changes else None, hooks=hooks)
-
-        trainer, claim = _open(make, claim)
+        if claim is not None:
+            # The Tracker takes the lock itself before it touches the record (of two resumes
+            # racing past this point, one gets RunLocked there, with nothing written).
+            claim.release()
+            claim = None
+        trainer = Trainer(prepared, run_dir, resume=resume, progress=progress, meta=meta,
+                          controls=changes.controls if changes else None, hooks=hooks)
         if lead and resume:
             _write_config(run_dir, cfg)  # what the resumed run uses, once it owns the run
     except Exception as exc:
@@ -317,8 +315,10 @@ def _train(cfg: Config, prepared: Any, run_dir: Path, *, resume: bool, progress:
             raise
         if isinstance(exc, lock.RunLocked):
             raise RunError(str(exc)) from None
+        from clipdash.track.tracker import RecordError
+
         problem = disk_problem(exc, run_dir)
-        if problem is None and not isinstance(exc, (OSError, sqlite3.Error)):
+        if problem is None and not isinstance(exc, (OSError, sqlite3.Error, RecordError)):
             raise
         raise RunError(f"cannot open the record in {run_dir}: "
                        f"{problem or ' '.join(str(exc).split())}") from None
@@ -342,15 +342,14 @@ def _train(cfg: Config, prepared: Any, run_dir: Path, *, resume: bool, progress:
         return 0
     finally:
         _unreserve(run_dir)
-        if claim is not None:
-            claim.release()
 
 
 def _claim(run_dir: Path) -> lock.RunLock:
-    """The run's writer lock, taken before the run is touched (RunError naming the holder).
+    """The run's writer lock while the engine prepares the run (RunError naming the holder).
 
     Of two resumes started together, one is refused here; a frozen (SIGSTOP) trainer still
-    holds its lock, so it blocks a resume whatever its stale heartbeat says.
+    holds its lock, so it blocks a resume whatever its stale heartbeat says. The Tracker then
+    takes the lock for the life of the run.
     """
     try:
         return lock.acquire(run_dir)
@@ -361,24 +360,9 @@ def _claim(run_dir: Path) -> lock.RunLock:
         raise RunError(f"cannot take the writer lock of {run_dir}: {problem}") from None
 
 
-def _open(make: Callable[[], Trainer], claim: lock.RunLock | None
-          ) -> tuple[Trainer, lock.RunLock | None]:
-    """`make()`, handing the lock over when the Tracker takes the run's lock itself.
-
-    A Tracker that locks the run finds this process's claim and refuses; then the claim is
-    released and the Tracker opened again, now holding the lock for the run's life.
-    """
-    try:
-        return make(), claim
-    except lock.RunLocked as exc:
-        if claim is None or exc.info.get("pid") != os.getpid():
-            raise
-        claim.release()
-        return make(), None
-
-
 def _raise_record_error(trainer: Any) -> None:
-    """A record that failed in the writer thread fails the run, even if the Tracker went on."""
+    """A record that failed in the writer thread fails the run (a safety net: the Tracker
+    raises RecordError itself from step/flush/close)."""
     error = getattr(getattr(trainer.tracker, "writer", None), "error", None)
     if error is not None:
         raise RuntimeError(f"recording failed: {' '.join(str(error).split())}") from error

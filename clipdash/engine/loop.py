@@ -163,7 +163,7 @@ class Trainer:
         self.tracker = Tracker(
             s.model, s.optimizer, s.driver.scheduler if s.driver else None,
             run_dir=run_dir, total_steps=s.total_steps, checkpoint=self._checkpoint,
-            start_step=self.step, meta=meta, **tracker_options(s.cfg.clip))
+            start_step=self.step, resume=resume, meta=meta, **tracker_options(s.cfg.clip))
         if self.tracker_state:
             self.tracker.load_state_dict(self.tracker_state)
         if resume and self.restored_from is not None:
@@ -178,9 +178,9 @@ class Trainer:
 
     def _apply_control(self, key: str, value: float) -> None:
         """A `--set` on resume: the same change `clipdash ctl set` makes, from this step."""
-        from clipdash.track.writer import Command
+        from clipdash.track.steering import Command
 
-        # TODO(after the Tracker split): go through the run-control part's public entry point.
+        # The same Steering.apply that `clipdash ctl set` commands go through, at this step.
         outcome = self.tracker.steering.apply(
             Command(0, "resume", "set", key, repr(value)), self.step)
         if not outcome.applied:

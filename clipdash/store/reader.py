@@ -161,9 +161,8 @@ class RunReader:
 
     def iter_steps(self, with_params: bool = False, batch: int = 2048) -> Iterator[dict[str, Any]]:
         """Every step as a dict (lr_groups decoded; param_norms as a float32 array if asked)."""
-        import numpy as np  # not at module level: the dashboard never needs it here
-
         extra = ", lr_groups" + (", param_norms" if with_params else "")
+        n_params = int(self.conn.execute("SELECT COUNT(*) FROM params").fetchone()[0])
         cols = ", ".join(schema.STEP_COLUMNS) + ", max_value" + extra
         after = -1
         while True:
@@ -177,8 +176,7 @@ class RunReader:
                 blob = d.pop("lr_groups")
                 d["lr_groups"] = array("d", blob).tolist() if blob else [d["lr"]]
                 if with_params:
-                    pn = d.pop("param_norms")
-                    d["param_norms"] = np.frombuffer(pn, np.float32) if pn else None
+                    d["param_norms"] = schema.param_row(d.pop("param_norms"), n_params)
                 yield d
             after = rows[-1]["step"]
 
@@ -246,7 +244,7 @@ class RunReader:
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, n_params), np.float32)
         steps = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        norms = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+        norms = np.stack([schema.param_row(r[1], n_params) for r in rows])
         buckets = (steps - lo) // width
         starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
         with np.errstate(invalid="ignore"):

@@ -11,25 +11,36 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipdash.store import schema
+from clipdash.store.commands import reject_pending
 from clipdash.store.layout import DB_NAME
-
-STEP_INSERT = (
-    "INSERT OR REPLACE INTO steps (step, epoch, wall_time, loss, lr, grad_norm_pre, "
-    "grad_norm_post, max_norm, clip_coef, clipped, finite, max_value, lr_groups, param_norms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+from clipdash.store.schema import STEP_FIELDS, STEP_INSERT, Field
 
 
 def _nullable(values: np.ndarray) -> list[float | None]:
     """NaN becomes None explicitly, so the column's meaning does not hang on SQLite's coercion."""
     return [None if v != v else v for v in values.tolist()]
+
+
+def _sql_values(values: np.ndarray | list[Any] | None, field: Field, n: int) -> list[Any]:
+    """One column of a batch as SQLite values (blobs: a 2-D array's rows, encoded)."""
+    if values is None:
+        return [None] * n
+    if field.source == "blob":
+        if not isinstance(values, np.ndarray):
+            return list(values)  # already bytes / None per row
+        rows = values.reshape(n, -1).astype(field.blob_dtype)
+        if rows.shape[1] < max(1, field.blob_min_width):
+            return [None] * n
+        return [row.tobytes() for row in rows]
+    array = np.asarray(values)
+    return array.astype(np.int64).tolist() if field.is_int else _nullable(array.astype(np.float64))
 
 
 class RunWriter:
@@ -41,7 +52,11 @@ class RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.conn = schema.connect(self.path)
-            schema.check_version(self.conn, self.path)
+            try:
+                schema.migrate(self.conn, self.path)
+            except BaseException:
+                self.conn.close()
+                raise
         else:
             self.conn = schema.create(self.path)
 
@@ -56,12 +71,32 @@ class RunWriter:
 
     def set_params(self, params: Sequence[tuple[str, Sequence[int]]]) -> None:
         """Names and shapes of the tracked parameters, in the order of the per-step norm blob."""
-        rows = [(i, name, json.dumps(list(shape)), int(np.prod(shape, dtype=np.int64)))
-                for i, (name, shape) in enumerate(params)]
         with self._tx():
             self.conn.execute("DELETE FROM params")
+        self.add_params(params, None)
+
+    def add_params(self, params: Sequence[tuple[str, Sequence[int]]],
+                   first_step: int | None, start: int | None = None) -> None:
+        """Append parameters to the blob's columns (idx from `start`, default: after the last);
+        `first_step` is the first step whose row has their norms (None: every step)."""
+        with self._tx():
+            if start is None:
+                start = self.conn.execute("SELECT COUNT(*) FROM params").fetchone()[0]
+            rows = [(start + i, name, json.dumps(list(shape)),
+                     int(np.prod(shape, dtype=np.int64)), first_step)
+                    for i, (name, shape) in enumerate(params)]
             self.conn.executemany(
-                "INSERT INTO params (idx, name, shape, numel) VALUES (?, ?, ?, ?)", rows)
+                "INSERT OR REPLACE INTO params (idx, name, shape, numel, first_step) "
+                "VALUES (?, ?, ?, ?, ?)", rows)
+
+    def params(self) -> list[tuple[str, int | None]]:
+        """(name, first_step) of the recorded parameters, in blob order."""
+        return [(r[0], r[1]) for r in self.conn.execute(
+            "SELECT name, first_step FROM params ORDER BY idx")]
+
+    def meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     # -- status ---------------------------------------------------------------------------
 
@@ -89,46 +124,20 @@ class RunWriter:
 
     # -- records --------------------------------------------------------------------------
 
-    def append_steps(self, cols: dict[str, np.ndarray]) -> None:
-        """A batch of steps as columns (numpy arrays of equal length).
+    def append_steps(self, cols: dict[str, np.ndarray | list[Any]]) -> None:
+        """A batch of steps as columns of equal length, one per field of schema.STEP_FIELDS.
 
-        Required: step, epoch, wall_time, loss, lr, grad_norm_pre, grad_norm_post, max_norm,
-        clip_coef, clipped, finite. Optional: max_value, lr_groups (2-D float64),
-        param_norms (2-D float32). INSERT OR REPLACE: a resumed run rewrites the steps that a
-        crash left after its checkpoint instead of duplicating them.
+        Blob fields are lists of bytes (or None); a missing optional field is NULL. INSERT OR
+        REPLACE: a resumed run rewrites the steps that a crash left after its checkpoint
+        instead of duplicating them.
         """
         n = len(cols["step"])
         if n == 0:
             return
-        nothing: list[None] = [None] * n
-        lr_groups = cols.get("lr_groups")
-        norms = cols.get("param_norms")
-        groups_blobs: Iterable[bytes | None] = (
-            [row.astype(np.float64).tobytes() for row in lr_groups]
-            if lr_groups is not None and lr_groups.shape[1] > 1 else nothing)
-        norm_blobs: Iterable[bytes | None] = (
-            [row.astype(np.float32).tobytes() for row in norms] if norms is not None else nothing)
-        max_value = cols.get("max_value")
-        rows = zip(
-            cols["step"].astype(np.int64).tolist(),
-            cols["epoch"].astype(np.int64).tolist(),
-            cols["wall_time"].tolist(),
-            _nullable(cols["loss"]),
-            _nullable(cols["lr"]),
-            _nullable(cols["grad_norm_pre"]),
-            _nullable(cols["grad_norm_post"]),
-            _nullable(cols["max_norm"]),
-            _nullable(cols["clip_coef"]),
-            cols["clipped"].astype(np.int64).tolist(),
-            cols["finite"].astype(np.int64).tolist(),
-            _nullable(max_value) if max_value is not None else nothing,
-            groups_blobs,
-            norm_blobs,
-            strict=True,
-        )
+        columns = [_sql_values(cols.get(f.name), f, n) for f in STEP_FIELDS]
         last = int(cols["step"][-1])
         with self._tx():
-            self.conn.executemany(STEP_INSERT, rows)
+            self.conn.executemany(STEP_INSERT, zip(*columns, strict=True))
             self.conn.execute(
                 "UPDATE status SET last_step = MAX(COALESCE(last_step, -1), ?), heartbeat = ? "
                 "WHERE id = 1", (last, time.time()))
@@ -168,7 +177,16 @@ class RunWriter:
             self.conn.execute("UPDATE status SET last_step = (SELECT MAX(step) FROM steps) "
                               "WHERE id = 1")
 
+    def events_at(self, step: int) -> list[tuple[int, str, str]]:
+        """(step, kind, message) of the events recorded at `step`, in order."""
+        return self.conn.execute(
+            "SELECT step, kind, message FROM events WHERE step = ? ORDER BY id",
+            (step,)).fetchall()
+
     # -- commands (trainer side) ----------------------------------------------------------
+
+    def reject_pending(self, message: str) -> int:
+        return reject_pending(self.conn, message)
 
     def pending_commands(self) -> list[tuple[int, str, str, str | None, str | None]]:
         """(id, source, action, key, value) of unresolved commands, oldest first."""

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# Columns of a step as the writer sees them.
-FIELDS = ("loss", "grad_norm_pre", "grad_norm_post", "clip_coef", "max_norm", "finite", "clipped")
-# Column order of a device row; per-parameter norms follow.
-ROW_FIELDS = FIELDS[:5]
+from clipdash.store.schema import DEVICE_FIELDS
+
+# Column order of a device row (declared in the store's step schema); per-parameter norms follow.
+ROW_FIELDS = DEVICE_FIELDS
 N_ROW_FIELDS = len(ROW_FIELDS)
 
 
@@ -58,11 +58,17 @@ class StepBatch:
     slot: int = 0
 
     def columns(self, with_params: bool) -> dict[str, np.ndarray]:
-        """The batch as named numpy columns (waits for the device copy, on the writer thread)."""
-        if self.ready is not None:
-            self.ready.synchronize()
-        data = self.rows.numpy().astype(np.float64, copy=True)
-        self.release.put(self.slot)
+        """The batch as named numpy columns (waits for the device copy, on the writer thread).
+
+        The slot goes back to the buffer whatever happens here: a failing copy must not leave
+        the training thread waiting for a free slot.
+        """
+        try:
+            if self.ready is not None:
+                self.ready.synchronize()
+            data = self.rows.numpy().astype(np.float64, copy=True)
+        finally:
+            self.release_slot()
         cols = {name: data[:, i] for i, name in enumerate(ROW_FIELDS)}
         self._exact_fixed_norm(cols)
         cols["finite"], cols["clipped"] = derived_flags(cols["grad_norm_pre"], cols["clip_coef"])
@@ -76,6 +82,11 @@ class StepBatch:
             cols["param_norms"] = data[:, N_ROW_FIELDS:].astype(np.float32)
         return cols
 
+    def release_slot(self) -> None:
+        """Give the buffer slot back (once): the batch's rows may then be overwritten."""
+        if self.slot >= 0:
+            self.release.put(self.slot)
+            self.slot = -1
 
     def _exact_fixed_norm(self, cols: dict[str, np.ndarray]) -> None:
         """Where max_norm is a fixed number, record it as typed and derive coef and post from it
@@ -111,10 +122,15 @@ class StepBuffer:
         width = N_ROW_FIELDS + n_params
         self.is_cuda = device.type == "cuda"
         self.stage = torch.zeros(width, device=device)
-        self.loss = self.stage[0:1]  # 1-element, so a loss of shape () or (1,) copies in
-        self.pre, self.post, self.coef, self.threshold = (self.stage[i] for i in range(1, 5))
+        # 0-d views of the staging row by field name (a clipper or a new measurement writes
+        # into its field with out=); the loss is 1-element, so a loss of shape () or (1,) fits.
+        self.fields = {name: self.stage[i] for i, name in enumerate(ROW_FIELDS)}
+        self.loss = self.stage[ROW_FIELDS.index("loss"):][:1]
+        self.pre = self.fields["grad_norm_pre"]
+        self.post = self.fields["grad_norm_post"]
+        self.coef = self.fields["clip_coef"]
+        self.threshold = self.fields["max_norm"]
         self.per_param = self.stage[N_ROW_FIELDS:]
-        self.measured = self.stage[1:]
         self.device_rows = [torch.zeros(capacity, width, device=device) for _ in range(slots)]
         # One view per row, made once: selecting a row costs as much as the copy into it.
         self._row_views = [list(rows.unbind(0)) for rows in self.device_rows]
@@ -140,8 +156,8 @@ class StepBuffer:
         self.started = time.monotonic()
 
     def clear_measurements(self) -> None:
-        """NaN for everything but the loss: a step recorded without `clip()`."""
-        self.measured.fill_(math.nan)
+        """NaN everywhere (the loss is written next): a step recorded without `clip()`."""
+        self.stage.fill_(math.nan)
 
     def commit(self, step: int, epoch: int, lrs: list[float], max_value: float,
                max_norm: float = math.nan) -> None:
@@ -154,12 +170,6 @@ class StepBuffer:
         self.lrs.append(lrs)
         self.max_values.append(max_value)
         self.max_norms.append(max_norm)
-
-    def append(self, row: Tensor, step: int, epoch: int, lrs: list[float],
-               max_value: float, max_norm: float = math.nan) -> None:
-        """Stage a whole row (loss, pre, post, coef, max_norm, per-parameter norms) and commit."""
-        self.stage.copy_(row)
-        self.commit(step, epoch, lrs, max_value, max_norm)
 
     def last_row(self) -> tuple[Tensor, float, int]:
         """A device copy of the last committed row's step fields, with its LR and step."""

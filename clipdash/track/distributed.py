@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from clipdash.track.writer import Command
+from clipdash.track.steering import Command
 
 # Broadcasting a small pickled list over gloo costs ~0.1 ms; every 10 steps it is invisible.
 DEFAULT_SYNC_EVERY = 10

@@ -56,9 +56,9 @@ def _scale_scheduler(scheduler: Any, factor: float, seen: set[int]) -> None:
         _scale_scheduler(child, factor, seen)
 
 
-def scale_lr(optimizer: Optimizer, scheduler: Any, factor: float) -> None:
+def scale_lr(optimizer: Optimizer | None, scheduler: Any, factor: float) -> None:
     """Multiply every param group's LR, and the scheduler's notion of it, by `factor`."""
-    for group in optimizer.param_groups:
+    for group in optimizer.param_groups if optimizer is not None else ():
         for key in GROUP_KEYS:
             value = group.get(key)
             if isinstance(value, Tensor):

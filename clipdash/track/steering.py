@@ -14,7 +14,17 @@ from torch.optim import Optimizer
 
 from clipdash.track.clippers import Clipper
 from clipdash.track.lr import current_lrs, scale_lr
-from clipdash.track.writer import Command
+
+
+@dataclass(frozen=True)
+class Command:
+    """A row of the commands table (id > 0), or a caught signal (id 0, source "signal")."""
+
+    id: int
+    source: str
+    action: str
+    key: str | None
+    value: str | None
 
 
 @dataclass
@@ -27,10 +37,11 @@ class Outcome:
 class Steering:
     """Run-control state: paused / stop requested, and the settable values."""
 
-    def __init__(self, clipper: Clipper, optimizer: Optimizer, scheduler: Any) -> None:
+    def __init__(self, clipper: Clipper, optimizer: Optimizer | list[Optimizer],
+                 scheduler: Any) -> None:
         self.clipper = clipper
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        self.optimizers = optimizer if isinstance(optimizer, list) else [optimizer]
+        self.schedulers = scheduler if isinstance(scheduler, list) else [scheduler]
         self.paused = False
         self.stop_requested = False
 
@@ -70,11 +81,15 @@ class Steering:
             # lr = 0 too: a schedule scaled by zero can never be scaled back (pause instead).
             return Outcome(False, f"{key}: must be a finite number > 0, got {text}")
         if key == "lr":
-            old = current_lrs(self.optimizer)[0]
+            old = current_lrs(self.optimizers[0])[0]
             if not old > 0 or not math.isfinite(old):
                 return Outcome(False, f"lr: the current LR is {old:g}, so the schedule cannot "
                                       "be scaled")
-            scale_lr(self.optimizer, self.scheduler, value / old)
+            # Every group of every optimizer keeps its ratio to group 0 (one factor for all).
+            for opt in self.optimizers:
+                scale_lr(opt, None, value / old)
+            for sched in self.schedulers:
+                scale_lr(None, sched, value / old)
         else:
             try:  # clippers check their own ranges (an adaptive percentile must be <= 100)
                 old = self.clipper.set(key, value)

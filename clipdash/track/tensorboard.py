@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
 
+from clipdash.store.schema import TB_SCALARS, TB_SPARSE_SCALARS
 from clipdash.track import tfrecord
 from clipdash.track.tfrecord import Layout
 
@@ -27,14 +28,10 @@ TEXT_METADATA = summary_pb2.SummaryMetadata(
 HISTOGRAM_BINS = 30
 _file_ids = itertools.count()
 
-# Scalar tags of every step, and the step column each comes from.
-STEP_SCALARS = (
-    ("loss/train", "loss"),
-    ("grad_norm/pre_clip", "grad_norm_pre"),
-    ("grad_norm/post_clip", "grad_norm_post"),
-    ("clip/coef", "clip_coef"),
-    ("clip/clipped", "clipped"),
-)
+# Scalar tags of every step and the step field each comes from (declared in the step schema);
+# sparse ones are written only where the value is set (clip/max_norm: not in an adaptive mode).
+STEP_SCALARS = TB_SCALARS
+SPARSE_SCALARS = TB_SPARSE_SCALARS
 
 
 def _text(tag: str, text: str) -> summary_pb2.Summary.Value:
@@ -87,10 +84,8 @@ class TensorBoardSink:
 
     def __init__(self, run_dir: str | Path, param_names: Sequence[str],
                  per_param_scalars: bool = False, purge_from: int | None = None) -> None:
-        self.param_names = list(param_names)
         self.per_param_scalars = per_param_scalars
-        self.bins = max(1, min(HISTOGRAM_BINS, len(self.param_names)))
-        self._layouts: dict[tuple[int, int, bool, bool, bool], Layout] = {}
+        self.set_param_names(param_names)
         self.file: BufferedWriter = self._open(Path(run_dir))
         self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_from is not None:
@@ -100,6 +95,12 @@ class TensorBoardSink:
                 wall_time=time.time(), step=purge_from,
                 session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
         self.file.flush()
+
+    def set_param_names(self, names: Sequence[str]) -> None:
+        """The parameters' names in blob order (the set grew: a new layout from now on)."""
+        self.param_names = list(names)
+        self.bins = max(1, min(HISTOGRAM_BINS, len(self.param_names)))
+        self._layouts: dict[tuple[int, int, int, bool, int], Layout] = {}
 
     @staticmethod
     def _open(run_dir: Path) -> BufferedWriter:
@@ -114,21 +115,21 @@ class TensorBoardSink:
 
     # -- steps, batched ------------------------------------------------------------------------
 
-    def _layout(self, step_width: int, n_groups: int, has_max_norm: bool, has_hist: bool,
-                has_params: bool) -> Layout:
-        key = (step_width, n_groups, has_max_norm, has_hist, has_params)
+    def _layout(self, step_width: int, n_groups: int, sparse: int, has_hist: bool,
+                n_params: int) -> Layout:
+        key = (step_width, n_groups, sparse, has_hist, n_params)
         layout = self._layouts.get(key)
         if layout is None:
             values = [tfrecord.scalar_value(tag, col) for tag, col in STEP_SCALARS]
-            if has_max_norm:
-                values.append(tfrecord.scalar_value("clip/max_norm", "max_norm"))
+            values.extend(tfrecord.scalar_value(tag, col)
+                          for bit, (tag, col) in enumerate(SPARSE_SCALARS) if sparse >> bit & 1)
             values.extend(tfrecord.scalar_value(f"lr/group_{g}", f"lr{g}")
                           for g in range(n_groups))
             if has_hist:
                 values.append(tfrecord.histogram_value("grad_norm/per_param", "h", self.bins))
-            if has_params and self.per_param_scalars:
+            if n_params and self.per_param_scalars:
                 values.extend(tfrecord.scalar_value(f"grad_norm/param/{name}", f"p{i}")
-                              for i, name in enumerate(self.param_names))
+                              for i, name in enumerate(self.param_names[:n_params]))
             layout = self._layouts[key] = tfrecord.event_layout(step_width, values)
         return layout
 
@@ -140,8 +141,7 @@ class TensorBoardSink:
         lr_groups = np.asarray(cols["lr_groups"], np.float64).reshape(n, -1)
         norms = cols.get("param_norms")
         f32 = {col: tfrecord.as_bytes(np.asarray(cols[col], np.float32), "<f4")
-               for _, col in STEP_SCALARS}
-        f32["max_norm"] = tfrecord.as_bytes(np.asarray(cols["max_norm"], np.float32), "<f4")
+               for _, col in (*STEP_SCALARS, *SPARSE_SCALARS)}
         for g in range(lr_groups.shape[1]):
             f32[f"lr{g}"] = tfrecord.as_bytes(lr_groups[:, g].astype(np.float32), "<f4")
         f32["wall_time"] = tfrecord.as_bytes(np.asarray(cols["wall_time"], np.float64), "<f8")
@@ -155,16 +155,19 @@ class TensorBoardSink:
                 for i in range(norms.shape[1]):
                     f32[f"p{i}"] = tfrecord.as_bytes(norms[:, i].astype(np.float32), "<f4")
         widths = tfrecord.varint_len(steps)
-        has_max_norm = ~np.isnan(np.asarray(cols["max_norm"], np.float64))
+        sparse = np.zeros(n, np.int64)
+        for bit, (_, col) in enumerate(SPARSE_SCALARS):
+            sparse |= (~np.isnan(np.asarray(cols[col], np.float64))).astype(np.int64) << bit
+        n_params = norms.shape[1] if norms is not None else 0
         # Rows with the same layout are encoded together; runs of them are written in step order
         # (TensorBoard drops values when a tag's step goes backwards).
-        group = widths * 4 + has_max_norm * 2 + has_hist
+        group = (widths << (len(SPARSE_SCALARS) + 1)) + (sparse << 1) + has_hist
         framed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for g in np.unique(group).tolist():
             rows = np.flatnonzero(group == g)
             width = int(widths[rows[0]])
-            layout = self._layout(width, lr_groups.shape[1], bool(has_max_norm[rows[0]]),
-                                  bool(has_hist[rows[0]]), norms is not None)
+            layout = self._layout(width, lr_groups.shape[1], int(sparse[rows[0]]),
+                                  bool(has_hist[rows[0]]), n_params)
             values = {name: data[rows] for name, data in f32.items() if name in layout.slots}
             values["step"] = tfrecord.varint_rows(steps[rows], width)
             framed[g] = (rows, tfrecord.frame_rows(layout.fill(len(rows), values)))

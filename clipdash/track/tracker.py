@@ -16,21 +16,22 @@
             tracker.log_eval({"loss": val_loss})
 
 The hot path (`clip` and `step`) launches a handful of kernels and never reads a device value on
-the host, except the one finiteness check that `nonfinite = "skip" | "stop"` needs on CUDA.
+the host, except the one finiteness check that `nonfinite = "skip" | "stop"` needs.
+
+The Tracker is three parts: this module (measure, clip, stage into the device buffer), the
+recorder (`recorder.py`: run directory, lock, writer thread, sinks) and run control
+(`runcontrol.py`: commands, pause, signals, the distributed exchange).
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -38,21 +39,27 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from clipdash.store.commands import reject_pending
-from clipdash.store.layout import DEFAULT_RUNS_DIR, is_run_dir
-from clipdash.store.writer import RunWriter
+from clipdash.store.layout import DEFAULT_RUNS_DIR
 from clipdash.track import distributed
 from clipdash.track.buffer import StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
-from clipdash.track.lr import current_lrs
-from clipdash.track.norms import as_norm_type, per_param_norms
-from clipdash.track.steering import Steering
-from clipdash.track.tensorboard import TensorBoardSink
-from clipdash.track.writer import Command, WriterThread
+from clipdash.track.items import Eval, Event, ParamsAdded, RejectPending, Resolve, State, Steps
+from clipdash.track.nonfinite import NonfiniteGuard
+from clipdash.track.norms import per_param_norms
+from clipdash.track.options import ALL_SETTABLE, ClipOptions
+from clipdash.track.params import ParamSet
+from clipdash.track.recorder import Recorder, RecordError, Setup, describe_start
+from clipdash.track.runcontrol import Observer, RunControl
+from clipdash.track.steering import Command, Steering
 
 NONFINITE_POLICIES = ("skip", "stop", "continue")
-PAUSE_POLL_S = 0.05
 CheckpointFn = Callable[[str], None]
+
+__all__ = ["ClipOptions", "RecordError", "Tracker", "TrackerError"]
+
+
+class TrackerError(RuntimeError):
+    """The Tracker was used out of order (clip twice in a step, a call after close)."""
 
 
 def default_run_name(prefix: str = "run") -> str:
@@ -63,38 +70,43 @@ class Tracker:
     """Records every step of a training run and applies commands sent to it.
 
     Args:
-        model: the module whose parameters are clipped and tracked (named for the record).
-        optimizer: the optimizer stepped by the loop; its param groups give the recorded LRs.
-        scheduler: the LR scheduler, if any, so that an LR change survives its next step.
+        model: the module whose parameters are clipped and tracked (named for the record, and
+            measured in its order, so the total norm is clip_grad_norm_(model.parameters())'s).
+        optimizer: the optimizer stepped by the loop, or a list of them (clipped as one: one
+            total norm over all their parameters). The recorded LRs are every group of every
+            optimizer, numbered in the order first seen (lr_group_N).
+        scheduler: the LR scheduler (or a list), if any, so an LR change survives its step.
         run_dir: where to record; default `runs_dir/name`.
-        clip: "norm", "value", "none", or an adaptive mode ("percentile", "zscore", "agc").
-        max_norm, norm_type, max_value: as in clip_grad_norm_ / clip_grad_value_.
-        nonfinite: what a step with a non-finite gradient norm does: "skip" (no update),
-            "stop" (end the run), "continue" (update anyway, as clip_grad_norm_ would).
+        clip: "norm", "value", "none", an adaptive mode ("percentile", "zscore", "agc"), or a
+            ClipOptions; max_norm, norm_type, max_value, nonfinite and clip_options given here
+            override its fields (see ClipOptions for every mode's parameters and checks).
         checkpoint: called with a reason ("pause", "stop") so that pausing and stopping leave
             a checkpoint; `clipdash run` passes its checkpointer.
-        start_step: first step index. When `run_dir` already holds a record (a resumed run),
-            what it has at or after start_step is replaced; with 0, the record starts over.
+        start_step: first step index. A start_step > 0 resumes the run in `run_dir`: what it
+            holds at or after start_step is replaced.
+        resume: continue the run in `run_dir` (from start_step). overwrite: replace it. With
+            neither, a run_dir that already holds a run is refused (RunExists).
         record: write the record and read commands. Default: True, except on the non-zero
             ranks of a torch.distributed job, which clip and obey but write nothing.
         sync_every: under torch.distributed, the ranks agree on the commands to apply every
             this many steps (see `clipdash.track.distributed`).
+        quiet: do not print where the run records.
     """
 
     def __init__(
         self,
         model: nn.Module | None,
-        optimizer: Optimizer,
+        optimizer: Optimizer | Sequence[Optimizer],
         scheduler: Any = None,
         *,
         run_dir: str | Path | None = None,
         name: str | None = None,
         runs_dir: str | Path = DEFAULT_RUNS_DIR,
-        clip: str = "norm",
-        max_norm: float = 1.0,
-        norm_type: float | str = 2.0,
-        max_value: float = 0.5,
-        nonfinite: str = "skip",
+        clip: str | ClipOptions = "norm",
+        max_norm: float | None = None,
+        norm_type: float | str | None = None,
+        max_value: float | None = None,
+        nonfinite: str | None = None,
         clip_options: dict[str, Any] | None = None,
         total_steps: int | None = None,
         tensorboard: bool = True,
@@ -104,102 +116,84 @@ class Tracker:
         buffer_steps: int = 256,
         checkpoint: CheckpointFn | None = None,
         start_step: int = 0,
+        resume: bool = False,
+        overwrite: bool = False,
         record: bool | None = None,
         meta: dict[str, Any] | None = None,
         sync_every: int = distributed.DEFAULT_SYNC_EVERY,
+        quiet: bool = False,
     ) -> None:
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        self.optimizer = optimizer
+        given = {k: v for k, v in (("max_norm", max_norm), ("norm_type", norm_type),
+                                   ("max_value", max_value), ("nonfinite", nonfinite))
+                 if v is not None}
+        self.options = ClipOptions.build(clip, clip_options, **given)
+        if int(buffer_steps) < 1:
+            raise ValueError(f"buffer_steps must be >= 1, got {buffer_steps!r}")
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        optimizers: list[Optimizer] = (list(optimizer) if isinstance(optimizer, list | tuple)
+                                       else [optimizer])  # type: ignore[list-item]
+        if not optimizers:
+            raise ValueError("Tracker needs at least one optimizer")
+        self.optimizers = optimizers
+        self.optimizer = optimizers[0]
         self.scheduler = scheduler
-        self.norm_type = as_norm_type(norm_type)
-        self.nonfinite = nonfinite
+        self.norm_type = self.options.norm_value
+        self.nonfinite = self.options.nonfinite
         self.flush_secs = flush_secs
         self.checkpoint_fn = checkpoint
-        self.named_params = self._collect_params(model, optimizer)
-        self.params = [p for _, p in self.named_params]
-        self.device = self.params[0].device if self.params else torch.device("cpu")
-        options = dict(clip_options or {}, max_norm=max_norm, max_value=max_value)
-        self.clipper: Clipper = make_clipper(clip, self.device, **options)
-        self.steering = Steering(self.clipper, optimizer, scheduler)
         self.step_index = start_step
         self.epoch = 0
         self._staged = False  # clip() measured this step into the buffer's staging row
         self._present: tuple[tuple[int, ...], Tensor] | None = None
         self._lrs: list[float] = []
-        self._last_finite = True
-        self.nonfinite_steps = 0  # steps whose gradient norm was not finite (skip / stop)
         self._latest_row: tuple[Tensor, float, int] | None = None
         self._closed = False
-        self._pause_ready = False
-        self._signal_handlers: dict[int, Any] = {}
-        self.buffer = StepBuffer(self.device, len(self.params), buffer_steps)
+        self._closing = False
         self.run_dir = Path(run_dir) if run_dir else Path(runs_dir) / (name or default_run_name())
-        self._sync: distributed.ControlSync | None = None
+        sync = None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            self._sync = distributed.ControlSync(sync_every)
-        self._signal_pending: str | None = None  # caught, not yet exchanged (distributed)
+            sync = distributed.ControlSync(sync_every)
         if record is None:
-            record = self._sync is None or self._sync.rank == 0
-        self.writer = self._open_writer(record, start_step, total_steps, tensorboard,
-                                        per_param_scalars, record_params, meta or {})
+            record = sync is None or sync.rank == 0
+        # Everything that can be refused is checked before the run directory is touched.
+        self.device = _first_device(optimizers)
+        self.clipper: Clipper = make_clipper(
+            self.options.mode, self.device, max_norm=self.options.max_norm,
+            max_value=self.options.max_value, **self.options.adaptive())
+        self.recorder = Recorder(Setup(
+            self.run_dir, record, resume or start_step > 0, overwrite, start_step, total_steps,
+            meta or {}, tensorboard, per_param_scalars, record_params))
+        try:
+            self.param_set = ParamSet(model, optimizers, self.recorder.prior_names)
+            cols = self.param_set.columns
+            self.steering = Steering(self.clipper, optimizers,
+                                     list(scheduler) if isinstance(scheduler, list | tuple)
+                                     else scheduler)
+            self.buffer = StepBuffer(self.device, len(cols), int(buffer_steps))
+            self._n_groups = len(self.param_set.groups)
+            self.guard = NonfiniteGuard(self.nonfinite, optimizers, self.device,
+                                        lambda kind, message: self.event(kind, message))
+            # With the device skip only the record knows which steps were non-finite.
+            self.recorder.setup.nonfinite_events = self.guard.on_device
+            self.recorder.begin(self.param_set.names, [tuple(p.shape) for p in cols],
+                                [None] * len(cols), self._run_meta())
+        except BaseException:
+            self.recorder.abort()
+            raise
+        self.control = RunControl(self.steering, self.recorder.inbox, _ControlHost(self), sync)
+        if record and not quiet:
+            print(describe_start(self.run_dir), file=sys.stderr)
 
-    # -- setup -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _collect_params(model: nn.Module | None,
-                        optimizer: Optimizer) -> list[tuple[str, nn.Parameter]]:
-        """Parameters the optimizer updates, named after the model where it knows them."""
-        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
-        seen: set[int] = set()
-        out = []
-        for g, group in enumerate(optimizer.param_groups):
-            for i, p in enumerate(group["params"]):
-                if id(p) in seen or not p.requires_grad:
-                    continue
-                seen.add(id(p))
-                out.append((names.get(id(p), f"group{g}.param{i}"), p))
-        return out
-
-    def _open_writer(self, record: bool, start_step: int, total_steps: int | None,
-                     tensorboard: bool, per_param_scalars: bool, record_params: bool,
-                     meta: dict[str, Any]) -> WriterThread:
-        if not record:
-            thread = WriterThread(None, None)
-            thread.start()
-            return thread
-        # An existing record is continued from start_step: what a crash left after it is
-        # replaced, not duplicated (start_step 0 starts the record over).
-        resume = is_run_dir(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        store = RunWriter(self.run_dir, resume=resume)
-        kept_events: list[tuple[int, str, str]] = []
-        if resume:
-            store.truncate_after(start_step - 1)
-            reject_pending(store.conn, f"expired: the run restarted at step {start_step}")
-            # TensorBoard's purge marker drops everything at >= start_step from older files,
-            # including the events recorded at start_step before the checkpoint: repeat those.
-            kept_events = store.conn.execute(
-                "SELECT step, kind, message FROM events WHERE step = ? ORDER BY id",
-                (start_step,)).fetchall()
-        names = [n for n, _ in self.named_params]
-        store.set_params([(n, tuple(p.shape)) for n, p in self.named_params])
-        store.set_meta(name=self.run_dir.name, clip_mode=self.clipper.mode,
-                       norm_type=self.norm_type if math.isfinite(self.norm_type) else "inf",
-                       nonfinite=self.nonfinite, n_groups=len(self.optimizer.param_groups),
-                       optimizer=type(self.optimizer).__name__,
-                       scheduler=type(self.scheduler).__name__ if self.scheduler else None,
-                       settable=list(self.steering.settable()), **meta)
-        store.start(total_steps)
-        board = None
-        if tensorboard:
-            board = TensorBoardSink(self.run_dir, names, per_param_scalars,
-                                    purge_from=start_step if resume else None)
-            for step, kind, message in kept_events:
-                board.write_event(step, kind, message)
-        thread = WriterThread(store, board, with_params=record_params)
-        thread.start()
-        return thread
+    def _run_meta(self) -> dict[str, Any]:
+        o = self.options
+        return dict(name=self.run_dir.name, clip_mode=o.mode,
+                    norm_type=self.norm_type if math.isfinite(self.norm_type) else "inf",
+                    nonfinite=o.nonfinite, n_groups=self._n_groups,
+                    optimizer=", ".join(type(opt).__name__ for opt in self.optimizers),
+                    scheduler=type(self.scheduler).__name__ if self.scheduler else None,
+                    settable=list(o.settable()), settings=list(ALL_SETTABLE),
+                    clip=_json_safe(o.to_dict()))
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -211,10 +205,15 @@ class Tracker:
         `nonfinite` is "skip" or "stop" (one read of the pre-clip norm: skipping is a host
         decision).
         """
+        if self._staged or self._closed:
+            self._misuse("clip")
+        ps = self.param_set
+        if (ps.pending and ps.scan_pending()) or ps.changed():
+            self._relayout()  # the parameter set changed: rare, off the common path
         buf = self.buffer
-        params = self.params
+        params = ps.order
         grads = [p.grad for p in params if p.grad is not None]
-        if len(grads) == len(params):
+        if len(grads) == len(params) and ps.identity:
             per = per_param_norms(grads, self.norm_type, out=buf.per_param)
         else:
             params, per = self._partial_norms(grads)
@@ -224,47 +223,76 @@ class Tracker:
             buf.pre.zero_()
         self.clipper.record(grads, params, per, buf.pre, self.norm_type, buf.post, buf.coef,
                             buf.threshold)
-        self._lrs = current_lrs(self.optimizer)
+        self._lrs = ps.lrs()
         self._staged = True
-        if self.nonfinite == "continue":
+        if self.guard.after_measure(buf.pre, grads, self.step_index):
             return True
-        # The one host read on the hot path (documented in DESIGN.md): on CUDA it waits for the
-        # norm; reading the value is cheaper than an isfinite kernel plus the same wait.
-        finite = math.isfinite(buf.pre.item())
-        if not finite:
-            self.nonfinite_steps += 1
-            if grads:
-                torch._foreach_zero_(grads)
-            if self.nonfinite == "stop":
-                self.steering.stop_requested = True
-                self.event("nonfinite", f"non-finite gradient norm at step {self.step_index}: "
-                           "stopping")
-            elif self._last_finite:  # one event per streak; every step's `finite` is recorded
-                self.event("nonfinite", f"non-finite gradient norm at step {self.step_index}: "
-                           "step skipped, and every step until the gradients are finite again")
-        self._last_finite = finite
-        return finite
+        if self.guard.stop_requested:
+            self.steering.stop_requested = True
+        return False
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps whose gradient norm was not finite (skip / stop). With the device skip this
+        reads a device counter: call it at the end, not every step."""
+        return self.guard.count
+
+    @property
+    def device_skip(self) -> bool:
+        """True while non-finite steps are skipped by the optimizers (no host read)."""
+        return self.guard.on_device
 
     def _partial_norms(self, grads: list[Tensor]) -> tuple[list[nn.Parameter], Tensor]:
-        """Some parameters have no gradient this step: their recorded norm is 0."""
-        present = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
+        """Some parameters have no gradient this step (their recorded norm is 0), or the model
+        order differs from the columns' order: norms in model order, scattered into columns."""
+        order = self.param_set.order
+        present = tuple(i for i, p in enumerate(order) if p.grad is not None)
         per = per_param_norms(grads, self.norm_type)
         full = self.buffer.per_param
         full.zero_()
         if grads:
             if self._present is None or self._present[0] != present:
-                self._present = (present, torch.tensor(present, device=full.device))
+                columns = [self.param_set.order_columns[i] for i in present]
+                self._present = (present, torch.tensor(columns, device=full.device))
             full.index_copy_(0, self._present[1], per.to(full.device))
-        return [self.params[i] for i in present], per
+        return [order[i] for i in present], per
+
+    def _relayout(self) -> None:
+        """The optimizers' parameters or groups changed: new columns, a new buffer width."""
+        ps = self.param_set
+        before = len(ps.columns)
+        added = ps.refresh()
+        self._present = None
+        if not added and len(ps.groups) == self._n_groups:
+            return
+        self.flush(wait=False)  # rows of the old width go out as one batch
+        self.guard.recheck()
+        self.recorder.setup.nonfinite_events = self.guard.on_device
+        if added:
+            self.buffer = StepBuffer(self.device, len(ps.columns), self.buffer.capacity)
+        self._n_groups = len(ps.groups)
+        self.recorder.put(ParamsAdded(list(ps.names), [tuple(ps.columns[i].shape)
+                                                       for i in added],
+                                      self.step_index, self._n_groups))
+        if added:
+            names = ", ".join(ps.names[before:][:5]) + (", ..." if len(added) > 5 else "")
+            self.event("params", f"{len(added)} parameter(s) tracked from step "
+                       f"{self.step_index}: {names}", {"names": ps.names[before:]})
 
     def step(self, loss: Tensor | float, epoch: int | None = None) -> None:
         """Record this step (loss and what `clip` measured), then apply pending commands."""
+        if self._closed:
+            self._misuse("step")
+        if self.recorder.error is not None:
+            self.recorder.check()
         if epoch is not None:
             self.epoch = epoch
-        buf = self.buffer
         if not self._staged:  # recorded without clip(): nothing measured
-            buf.clear_measurements()
-            self._lrs = current_lrs(self.optimizer)
+            if self.param_set.changed():
+                self._relayout()
+            self.buffer.clear_measurements()
+            self._lrs = self.param_set.lrs()
+        buf = self.buffer
         if isinstance(loss, Tensor):
             buf.loss.copy_(loss.detach())
         else:
@@ -272,20 +300,30 @@ class Tracker:
         buf.commit(self.step_index, self.epoch, self._lrs, self._max_value(), self._max_norm())
         self._staged = False
         self.step_index += 1
-        if self.buffer.full or self.buffer.age() >= self.flush_secs:
+        if buf.full or buf.age() >= self.flush_secs:
             self.flush(wait=False)
-        if self._sync is not None:
-            if self._sync.due(self.step_index):
-                self._exchange()
-        elif self.writer.inbox:
-            self._apply_commands()
-        if self.steering.paused:
-            self._wait_while_paused()
+        self.control.boundary(self.step_index)
 
     @property
     def should_stop(self) -> bool:
         """True once a stop was requested (command, signal, or a non-finite step with "stop")."""
         return self.steering.stop_requested
+
+    # -- observers (a progress display) ---------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """"running", "paused" (blocked in step() until resumed) or "stopping"."""
+        return self.control.state
+
+    @property
+    def last_control_message(self) -> str | None:
+        """The last applied command, as recorded: "max_norm 1 -> 0.5 from step 120 (cli)"."""
+        return self.control.last_message
+
+    def on_control(self, fn: Observer) -> None:
+        """Call fn(state, message) after every applied command (on the training thread)."""
+        self.control.on_control(fn)
 
     # -- records off the hot path ---------------------------------------------------------
 
@@ -294,42 +332,52 @@ class Tracker:
 
         The default step is the last recorded one, so an eval drawn after step N sits at N.
         """
+        if self._closed:
+            self._misuse("log_eval")
         at = self.step_index - 1 if step is None else step
-        values = {k: float(v) for k, v in metrics.items()}
+        values = {}
+        for key, value in metrics.items():
+            try:
+                values[str(key)] = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"log_eval: {key} = {value!r} is not a number") from None
         self.flush(wait=False)
-        self.writer.put("eval", (at, values))
+        self.recorder.put(Eval(at, values))
 
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None,
               step: int | None = None) -> None:
+        if self._closed:
+            self._misuse("event")
         at = self.step_index if step is None else step
         self.flush(wait=False)
-        self.writer.put("event", (at, kind, message, data))
+        self.recorder.put(Event(at, kind, message, data))
 
     def flush(self, wait: bool = True) -> None:
-        """Hand buffered steps to the writer; with `wait`, return once they are on disk."""
+        """Hand buffered steps to the writer; with `wait`, return once they are on disk.
+
+        Raises RecordError if writing the record failed."""
+        if self._closed:
+            self._misuse("flush")
         if self.buffer.n:
-            self._keep_latest()  # a device-side copy: `latest()` works after the hand-over
+            self._latest_row = self.buffer.last_row()  # `latest()` works after the hand-over
         batch = self.buffer.take()
         if batch is not None:
-            self.writer.put("steps", batch)
+            self.recorder.put(Steps(batch))
         if wait:
-            self.writer.barrier()
+            self.recorder.barrier()
+            self.recorder.check()
 
     def latest(self) -> dict[str, Any]:
         """The most recent step's values, for a progress display.
 
         Reads one buffer row from the device: call it a few times a second, not every step.
         """
-        buf = self.buffer
-        if buf.n:
-            self._keep_latest()
+        if self.buffer.n:
+            self._latest_row = self.buffer.last_row()
         if self._latest_row is None:
             return {}
         row, lr, step = self._latest_row
         return dict(row_values(row.tolist()), lr=lr, step=step)
-
-    def _keep_latest(self) -> None:
-        self._latest_row = self.buffer.last_row()
 
     def state_dict(self) -> dict[str, Any]:
         """Control state for checkpoints: thresholds in effect and the next step."""
@@ -339,7 +387,17 @@ class Tracker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.clipper.load_state_dict(state.get("clipper", {}))
 
-    # -- control ---------------------------------------------------------------------------
+    # -- compatibility and introspection ----------------------------------------------------
+
+    @property
+    def writer(self) -> Recorder:
+        """The recorder (its `inbox` holds commands not applied yet)."""
+        return self.recorder
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """Tracked parameters in the order of the recorded per-parameter norms."""
+        return self.param_set.columns
 
     def _max_value(self) -> float:
         return self.clipper.get("max_value") if self.clipper.mode == "value" else math.nan
@@ -348,93 +406,25 @@ class Tracker:
         """The fixed max_norm as set on the host; NaN for modes whose threshold is computed."""
         return self.clipper.get("max_norm") if self.clipper.mode == "norm" else math.nan
 
-    def _apply_commands(self, commands: list[Command] | None = None) -> None:
-        """Apply `commands` (default: everything in the writer's inbox) at this boundary."""
-        queue = collections.deque(commands) if commands is not None else self.writer.inbox
-        while queue:
-            cmd = queue.popleft()
-            was_paused = self.steering.paused
-            outcome = self.steering.apply(cmd, self.step_index)
-            if outcome.event is not None:
-                origin = cmd.value if cmd.source == "signal" and cmd.value else cmd.source
-                data = dict(outcome.event, source=cmd.source, command=cmd.id)
-                self.event("control", f"{outcome.message} ({origin})", data)
-            if self.steering.paused and not was_paused:
-                self._enter_pause()  # acknowledged once flushed, checkpointed and marked paused
-            elif self.steering.paused and outcome.event is not None:
-                self._checkpoint("pause")  # a change made while paused is on disk at once
-            elif was_paused and not self.steering.paused and not self.steering.stop_requested:
-                self._set_state("running")
-            if cmd.id > 0:
-                self.writer.put("resolve",
-                                (cmd.id, outcome.applied, self.step_index, outcome.message))
+    def _misuse(self, call: str) -> None:
+        if self._closed:
+            raise TrackerError(f"Tracker.{call}() after close(): the run in {self.run_dir} has "
+                               "ended (make a new Tracker with resume=True to continue it)")
+        raise TrackerError(f"Tracker.clip() called twice for step {self.step_index}: call "
+                           "step() after each clip()")
 
-    def _exchange(self) -> None:
-        """Distributed: apply rank 0's new commands (and its caught signal) on every rank."""
-        assert self._sync is not None
-        mine: list[Command] = []
-        if self._sync.rank == 0:
-            while self.writer.inbox:
-                mine.append(self.writer.inbox.popleft())
-        signal_name, self._signal_pending = self._signal_pending, None
-        commands, stop = self._sync.exchange(mine, signal_name is not None)
-        if stop:  # rank 0 caught SIGTERM / SIGINT (torchrun forwards them to every rank)
-            commands.append(Command(0, "signal", "stop", None, signal_name or "signal"))
-        if commands:
-            self._apply_commands(commands)
-
-    def _enter_pause(self) -> None:
-        self.flush()
-        self._checkpoint("pause")
-        self._set_state("paused")
-        self._pause_ready = True
-
-    def _wait_while_paused(self) -> None:
-        """Block at this step boundary, applying commands, until resumed or stopped.
-
-        The writer thread keeps beating the heartbeat meanwhile, so the run reads "paused".
-        """
-        if not self._pause_ready:
-            self._enter_pause()
-        while self.steering.paused:
-            time.sleep(PAUSE_POLL_S)
-            if self._sync is not None:
-                self._exchange()  # every rank polls in lockstep; they all leave together
-            elif self.writer.inbox:
-                self._apply_commands()
-        self._pause_ready = False
-
-    def _checkpoint(self, reason: str) -> None:
-        if self.checkpoint_fn is not None:
-            self.checkpoint_fn(reason)
-
-    def _set_state(self, state: str, message: str | None = None) -> None:
-        self.writer.put("call", lambda store, _tb: store and store.set_state(state, message))
+    # -- control ---------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         self.steering.stop_requested = True
 
     def handle_signals(self) -> None:
         """SIGINT and SIGTERM finish the current step and stop cleanly; a second SIGINT aborts."""
-        if threading.current_thread() is not threading.main_thread():
-            return
+        self.control.handle_signals()
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            if self._sync is not None:
-                # Every rank must stop at the same step: the stop waits for the next exchange.
-                # (torchrun forwards the signal it gets, so a second one is not an abort here.)
-                self._signal_pending = signal.Signals(signum).name
-                return
-            if signum == signal.SIGINT and self.steering.stop_requested:
-                raise KeyboardInterrupt
-            self.request_stop()
-            self.steering.paused = False
-            # Recorded as a control event at the step boundary (a deque append is signal-safe).
-            self.writer.inbox.append(
-                Command(0, "signal", "stop", None, signal.Signals(signum).name))
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._signal_handlers[sig] = signal.signal(sig, on_signal)
+    def _checkpoint(self, reason: str) -> None:
+        if self.checkpoint_fn is not None:
+            self.checkpoint_fn(reason)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -444,34 +434,31 @@ class Tracker:
 
         A stopped run checkpoints first (unless `checkpoint` is False: after an interrupt in
         the middle of a step, the state is not at a step boundary). Commands still queued are
-        rejected, so a later resume does not obey them.
+        rejected, so a later resume does not obey them. Raises RecordError (after closing) if
+        writing the record failed and that was not reported yet.
         """
-        if self._closed:
+        if self._closed or self._closing:
             return
-        self._closed = True
-        late = [c for c in self.writer.inbox if c.source == "signal"]
-        self.writer.inbox.clear()
-        if late:  # a signal after the last step boundary: record it all the same
-            self.writer.inbox.extend(late)
-            self._apply_commands()
-        final = state or ("stopped" if self.should_stop else "finished")
-        if final == "stopped" and checkpoint:
-            try:
-                self._checkpoint("stop")
-            except Exception as exc:  # noqa: BLE001 - the record must still be closed
-                message = f"stop checkpoint failed: {type(exc).__name__}: {exc}"
-                print(f"clipdash: {message}", file=sys.stderr)
-        self.flush(wait=False)
-        why = f"the run ended ({final}) before applying it"
-        self.writer.put("call", lambda store, _tb: store and reject_pending(store.conn, why))
-        self._set_state(final, message)
-        self.writer.close()
-        if self.writer.tensorboard:
-            self.writer.tensorboard.close()
-        if self.writer.store:
-            self.writer.store.close()
-        for sig, handler in self._signal_handlers.items():
-            signal.signal(sig, handler)
+        self._closing = True
+        try:
+            self.control.close(self.step_index)
+            final = state or ("stopped" if self.should_stop else "finished")
+            if final == "stopped" and checkpoint:
+                try:
+                    self._checkpoint("stop")
+                except Exception as exc:  # noqa: BLE001 - the record must still be closed
+                    message = f"stop checkpoint failed: {type(exc).__name__}: {exc}"
+                    print(f"clipdash: {message}", file=sys.stderr)
+            self.flush(wait=False)
+            self.recorder.put(RejectPending(f"the run ended ({final}) before applying it"))
+            self.recorder.put(State(final, message))
+        finally:
+            self._closed = True
+            self.guard.release()  # the optimizers must not keep skipping without us
+            self.recorder.finish()
+            self.control.restore_signals()
+        if not self.recorder.reported:
+            self.recorder.check()
 
     def __enter__(self) -> Tracker:
         return self
@@ -480,10 +467,48 @@ class Tracker:
                  tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("stopped", "interrupted", checkpoint=False)
-        else:
-            self.close("failed", f"{exc_type.__name__}: {exc}")
+            return
+        try:
+            if issubclass(exc_type, KeyboardInterrupt):
+                self.close("stopped", "interrupted", checkpoint=False)
+            else:
+                self.close("failed", f"{exc_type.__name__}: {exc}")
+        except RecordError as err:  # the exception in flight is the one to see
+            print(str(err), file=sys.stderr)
 
     def __repr__(self) -> str:
         return f"Tracker(run_dir={str(self.run_dir)!r}, step={self.step_index}, pid={os.getpid()})"
+
+
+class _ControlHost:
+    """What run control may ask of the Tracker: the narrow interface of `runcontrol.Host`."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._t = tracker
+
+    def flush(self) -> None:
+        self._t.flush()
+
+    def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self._t.event(kind, message, data)
+
+    def checkpoint(self, reason: str) -> None:
+        self._t._checkpoint(reason)
+
+    def set_state(self, state: str) -> None:
+        self._t.recorder.put(State(state))
+
+    def resolve(self, command: Command, applied: bool, message: str) -> None:
+        self._t.recorder.put(Resolve(command.id, applied, self._t.step_index, message))
+
+
+def _first_device(optimizers: list[Optimizer]) -> torch.device:
+    """Where the buffer lives: the first trainable parameter's device."""
+    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    first = next((p for p in params if p.requires_grad), params[0] if params else None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+            for k, v in values.items()}
