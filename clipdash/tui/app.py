@@ -1,4 +1,6 @@
-"""`clipdash watch`: the Textual App that owns the reader thread and steers runs.
+"""`clipdash watch`: the Textual App. It owns the reader (started on mount, stopped and joined on
+unmount) and does the steering; screens get the reader handed in, subscribe to what they show,
+and ask for navigation and steering with messages.
 
 Never imports torch (a test checks): the dashboard must open in well under a second.
 """
@@ -19,87 +21,96 @@ from clipdash import control
 from clipdash.tui.compare import CompareScreen
 from clipdash.tui.detail import DetailScreen
 from clipdash.tui.dialogs import ConfirmDialog, HelpScreen, SettingDialog
+from clipdash.tui.feed import COMPARE, PROBLEMS, STATUS, DataSource
 from clipdash.tui.messages import (
     CompareUpdated,
     ControlDone,
-    DetailUpdated,
+    ControlStatus,
+    OpenCompare,
+    OpenRun,
     ReaderProblem,
     RunRow,
     RunsUpdated,
+    Steer,
 )
 from clipdash.tui.poller import POLL_S, Poller
+from clipdash.tui.render import printable
 from clipdash.tui.runlist import RunsScreen
 
 ACK_TIMEOUT_S = 15.0
+
+
+class CompareView(CompareScreen):
+    """The compare screen, subscribed to the reader's compare feed."""
+
+    def __init__(self, reader: DataSource, paths: list[str]) -> None:
+        super().__init__(paths)
+        reader.hub.forget(COMPARE)  # another compare's bands are not these runs'
+        reader.hub.subscribe(self, COMPARE)
+        self.reader = reader
+
+    def on_compare_updated(self, msg: CompareUpdated) -> None:
+        self.compare_updated(msg.bands)
+
+    def on_unmount(self) -> None:
+        self.reader.hub.unsubscribe(self)
 
 
 class WatchApp(App[int]):
     TITLE = "clipdash watch"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
-        Binding("q", "quit", "quit"),
         Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
     ]
 
     def __init__(self, runs_dir: str | Path, poll_s: float = POLL_S,
-                 ack_timeout: float = ACK_TIMEOUT_S) -> None:
+                 ack_timeout: float = ACK_TIMEOUT_S, *, reader: DataSource | None = None) -> None:
+        """`reader`: the data source (default: a `Poller` on `runs_dir`); tests pass a fake."""
         super().__init__()
         self.runs_dir = Path(runs_dir)
-        self.poll_s = poll_s
         self.ack_timeout = ack_timeout
-        self.rows: dict[str, RunRow] = {}
-        self.marks: set[str] = set()
-        self.poller: Poller | None = None
-        self.last_control: Text | None = None
+        self.reader: DataSource = reader if reader is not None else Poller(self.runs_dir, poll_s)
+        self.rows: dict[str, RunRow] = {}  # the latest row of every run, for steering
+
+    @property
+    def poller(self) -> DataSource:
+        """The reader, by its older name (`tui/compare.py` asks for it)."""
+        return self.reader
 
     def get_default_screen(self) -> Screen[None]:
-        return RunsScreen()
+        return RunsScreen(self.reader, self.runs_dir)
 
     def on_mount(self) -> None:
-        self.poller = Poller(self.post_message, self.runs_dir, self.poll_s)
-        self.poller.start()
+        self.reader.watch_runs(self)
+        self.reader.hub.subscribe(self, PROBLEMS)
+        self.reader.start()
 
     def on_unmount(self) -> None:
-        if self.poller is not None:
-            self.poller.stop()
-            self.poller.join(timeout=5)
-
-    # -- data from the reader -------------------------------------------------------------
+        self.reader.stop()
+        self.reader.join(timeout=5)
 
     def on_runs_updated(self, msg: RunsUpdated) -> None:
-        for path in msg.removed:
-            self.rows.pop(path, None)
-            self.marks.discard(path)
-        for row in msg.rows:
-            self.rows[row.path] = row
-        for screen in self.screen_stack:
-            if isinstance(screen, RunsScreen | DetailScreen) and screen.is_mounted:
-                screen.runs_updated(msg.rows, msg.removed)
-
-    def on_detail_updated(self, msg: DetailUpdated) -> None:
-        screen = self.screen
-        if isinstance(screen, DetailScreen) and screen.path == msg.snapshot.path:
-            screen.detail_updated(msg.snapshot)
-        else:  # the run view under a dialog
-            for s in self.screen_stack:
-                if isinstance(s, DetailScreen) and s.path == msg.snapshot.path:
-                    s.detail_updated(msg.snapshot)
-
-    def on_compare_updated(self, msg: CompareUpdated) -> None:
-        for screen in self.screen_stack:
-            if isinstance(screen, CompareScreen):
-                screen.compare_updated(msg.bands)
+        self.rows = dict(msg.rows)
 
     def on_reader_problem(self, msg: ReaderProblem) -> None:
-        self.notify(msg.text, title="cannot read", severity="warning", timeout=8)
+        self.notify(printable(msg.text), title="cannot read", severity="warning", timeout=8)
 
-    # -- navigation -----------------------------------------------------------------------
+    # -- what screens ask for -------------------------------------------------------------
 
-    def open_detail(self, path: str) -> None:
-        self.push_screen(DetailScreen(path))
+    def on_open_run(self, msg: OpenRun) -> None:
+        self.push_screen(DetailScreen(self.reader, msg.path))
 
-    def open_compare(self, paths: list[str]) -> None:
-        self.push_screen(CompareScreen(paths))
+    def on_open_compare(self, msg: OpenCompare) -> None:
+        self.push_screen(CompareView(self.reader, msg.paths))
+
+    def on_steer(self, msg: Steer) -> None:
+        if msg.action == "pause":
+            self.toggle_pause(msg.path)
+        elif msg.action == "set" and msg.key is not None:
+            self.ask_setting(msg.path, msg.key)
+        elif msg.action == "stop":
+            self.ask_stop(msg.path)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -109,7 +120,7 @@ class WatchApp(App[int]):
 
     def run_name(self, path: str) -> str:
         row = self.rows.get(path)
-        return row.name if row else Path(path).name
+        return printable(row.name if row else Path(path).name)
 
     def toggle_pause(self, path: str) -> None:
         row = self.rows.get(path)
@@ -137,7 +148,7 @@ class WatchApp(App[int]):
               value: float | None = None) -> None:
         what = f"{key}={value:g}" if key is not None and value is not None else action
         self.show_control_status(Text.assemble((f"{what} → {self.run_name(path)}", "bold"),
-                                        ": waiting for the trainer…"))
+                                               ": waiting for the trainer…"))
         self._send(path, action, key, value, what)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="control")
@@ -148,7 +159,7 @@ class WatchApp(App[int]):
                                timeout=self.ack_timeout)
         except control.ControlError as exc:
             self.post_message(ControlDone(path, what, False, str(exc)))
-        except (sqlite3.Error, OSError) as exc:  # the store itself: locked, gone, unreadable
+        except (sqlite3.Error, OSError) as exc:  # the store itself: locked, gone, read-only
             self.post_message(ControlDone(path, what, False, f"{type(exc).__name__}: {exc}"))
         else:
             step = "" if res.step is None else f" at step {res.step}"
@@ -159,17 +170,14 @@ class WatchApp(App[int]):
         name = self.run_name(msg.path)
         style = "green" if msg.ok else "bold red"
         self.show_control_status(Text.assemble((f"{msg.what} → {name}: ", "bold"),
-                                               (msg.text, style)))
+                                               (printable(msg.text), style)))
         if not msg.ok:  # an acknowledgement is in the status line; a failure also pops up
-            self.notify(f"{msg.what} → {name}: {msg.text}", severity="error", timeout=6)
-        if self.poller is not None:
-            self.poller.wake()
+            self.notify(f"{msg.what} → {name}: {printable(msg.text)}", severity="error",
+                        timeout=6)
+        self.reader.wake()
 
     def show_control_status(self, text: Text) -> None:
-        self.last_control = text
-        for screen in self.screen_stack:
-            if isinstance(screen, RunsScreen | DetailScreen) and screen.is_mounted:
-                screen.show_status(text)
+        self.reader.hub.publish(STATUS, lambda: ControlStatus(text))
 
 
 def main(runs_dir: str | Path) -> int:

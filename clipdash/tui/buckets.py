@@ -9,6 +9,7 @@ step survives as the max of its bucket.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,10 +88,12 @@ class Buckets:
         self._compact()
 
     def add(self, steps: Sequence[int], values: Sequence[Sequence[Num]]) -> None:
-        """Fold rows in step order: `values[c][i]` is column c at `steps[i]`."""
+        """Fold rows in step order: `values[c][i]` is column c at `steps[i]`; as in the SQL
+        load, only finite values count (inf must not hide the largest finite value)."""
         if self.origin is None and steps:
             self.origin = int(steps[0])
         origin = self.origin or 0
+        values = [[v if v is None or math.isfinite(v) else None for v in col] for col in values]
         for i, step in enumerate(steps):
             b = (step - origin) // self.width
             if not self.idx or b > self.idx[-1]:

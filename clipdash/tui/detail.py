@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,8 +10,16 @@ from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 
 from clipdash.tui.buckets import Band
-from clipdash.tui.messages import DetailSnapshot, ParamPanel, RunRow
-from clipdash.tui.render import Line
+from clipdash.tui.feed import STATUS, DataSource
+from clipdash.tui.messages import (
+    ControlStatus,
+    DetailSnapshot,
+    DetailUpdated,
+    ParamPanel,
+    RunsUpdated,
+    Steer,
+)
+from clipdash.tui.render import Line, printable
 from clipdash.tui.widgets import (
     EVENT_STYLES,
     STEER_BINDINGS,
@@ -22,9 +28,6 @@ from clipdash.tui.widgets import (
     param_table,
     run_headline,
 )
-
-if TYPE_CHECKING:
-    from clipdash.tui.app import WatchApp
 
 TABS = ("plots", "params", "events", "config")
 LOG_MODES: tuple[bool | None, ...] = (None, True, False)
@@ -61,20 +64,19 @@ class DetailScreen(Screen[None]):
         *(Binding(str(i + 1), f"tab('{t}')", t, show=False) for i, t in enumerate(TABS)),
     ]
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, reader: DataSource, path: str) -> None:
         super().__init__()
+        self.reader = reader
         self.path = path
         self.snapshot: DetailSnapshot | None = None
         self.params: ParamPanel | None = None
         self.requested_cap = 0
         self.log_mode = 0
-
-    @property
-    def wapp(self) -> WatchApp:
-        return self.app  # type: ignore[return-value]
+        self.last_event = 0
+        self.config = ""
 
     def compose(self) -> ComposeResult:
-        yield Static(run_headline(self.wapp.rows.get(self.path), self.path), id="head")
+        yield Static(run_headline(None, self.path), id="head")
         with TabbedContent(initial="plots"):
             with TabPane("plots", id="plots"), Grid(id="grid"):
                 yield Plot("loss", id="loss")
@@ -88,11 +90,11 @@ class DetailScreen(Screen[None]):
             with TabPane("config", id="config"), VerticalScroll():
                 yield Static("reading…", id="config-text", markup=False)
         yield Static("", classes="status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        if self.wapp.last_control is not None:
-            self.show_status(self.wapp.last_control)
+        self.reader.watch_runs(self)  # for the headline
+        self.reader.hub.subscribe(self, STATUS)
         self.call_after_refresh(self._request)
 
     def on_resize(self) -> None:
@@ -101,41 +103,51 @@ class DetailScreen(Screen[None]):
             self.call_after_refresh(self._draw_params)
 
     def on_unmount(self) -> None:
-        if self.wapp.poller is not None:
-            self.wapp.poller.show_detail(None)
+        self.reader.unwatch(self)
 
     def _request(self) -> None:
         """Ask the reader for buckets at (twice) the resolution of the widest plot."""
         dots = max((p.dots for p in self.query(Plot)), default=0)
         cap = max(64, 2 * dots)
-        if abs(cap - self.requested_cap) > self.requested_cap // 4 and self.wapp.poller:
+        if abs(cap - self.requested_cap) > self.requested_cap // 4:
             self.requested_cap = cap
-            self.wapp.poller.show_detail(self.path, cap)
+            self.reader.watch_detail(self, self.path, cap)
 
     # -- data in --------------------------------------------------------------------------
 
-    def runs_updated(self, rows: tuple[RunRow, ...], removed: tuple[str, ...]) -> None:
-        for row in rows:
-            if row.path == self.path:
-                self.query_one("#head", Static).update(run_headline(row, self.path))
+    def on_runs_updated(self, msg: RunsUpdated) -> None:
+        row = msg.rows.get(self.path)
+        if row is not None:
+            self.query_one("#head", Static).update(run_headline(row, self.path))
 
-    def detail_updated(self, snap: DetailSnapshot) -> None:
+    def on_control_status(self, msg: ControlStatus) -> None:
+        self.show_status(msg.text)
+
+    def on_detail_updated(self, msg: DetailUpdated) -> None:
+        snap = msg.snapshot
         self.snapshot = snap
         markers = [event_marker(step, kind) for step, kind in snap.markers]
+        nonfinite = snap.bands.get("finite")
         for key, lines in plot_lines(snap).items():
-            self.query_one(f"#{key}", Plot).set_data(lines, markers)
-        if snap.first:
-            self.query_one("#event-log", RichLog).clear()
+            self.query_one(f"#{key}", Plot).set_data(
+                lines, markers, nonfinite if key in ("grad", "loss") else None)
         log = self.query_one("#event-log", RichLog)
-        for ev in snap.new_events:
+        if snap.events and snap.events[-1]["id"] < self.last_event:
+            log.clear()  # the run was rewound or replaced
+            self.last_event = 0
+        for ev in snap.events:
+            if ev["id"] <= self.last_event:
+                continue
+            self.last_event = ev["id"]
             char, style = EVENT_STYLES.get(ev["kind"], ("•", "dim"))
             step = "-" if ev["step"] is None else str(ev["step"])
             log.write(Text.assemble((f"{char} ", style), (f"{step:>8}  ", "dim"),
-                                    (f"{ev['kind']:<11}", style), ev["message"]))
-        if snap.params is not None:
+                                    (f"{ev['kind']:<11}", style), printable(ev["message"])))
+        if snap.params is not None and snap.params is not self.params:
             self.params = snap.params
             self._draw_params()
-        if snap.config is not None:
+        if snap.config and snap.config != self.config:
+            self.config = snap.config
             self.query_one("#config-text", Static).update(snap.config)
 
     def _draw_params(self) -> None:
@@ -156,13 +168,13 @@ class DetailScreen(Screen[None]):
         self.app.pop_screen()
 
     def action_pause(self) -> None:
-        self.wapp.toggle_pause(self.path)
+        self.post_message(Steer(self.path, "pause"))
 
     def action_set(self, key: str) -> None:
-        self.wapp.ask_setting(self.path, key)
+        self.post_message(Steer(self.path, "set", key))
 
     def action_stop(self) -> None:
-        self.wapp.ask_stop(self.path)
+        self.post_message(Steer(self.path, "stop"))
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
