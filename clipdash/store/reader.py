@@ -398,14 +398,30 @@ class RunReader:
         min, max, sum, count of the finite values of each column). Aligned buckets let a live
         reader fold later rows into the same buckets (and merge pairs of them) without a rescan.
         """
-        finite = [f"(CASE WHEN abs({c}) <= :fmax THEN {c} END)"
-                  for c in (_column(c) for c in columns)]
-        aggs = ", ".join(f"MIN({v}), MAX({v}), SUM({v}), COUNT({v})" for v in finite)
-        where = "WHERE step >= :origin" + (" AND step > :after" if after is not None else "")
-        return [tuple(r) for r in self.conn.execute(
-            f"SELECT (step - :origin) / :width AS b, MIN(step), MAX(step), {aggs} FROM steps "
-            f"{where} GROUP BY b ORDER BY b",
-            {"origin": origin, "width": max(1, int(width)), "after": after, "fmax": FLOAT_MAX})]
+        cols = [_column(c) for c in columns]
+        plain = ", ".join(f"MIN({c}), MAX({c}), SUM({c}), COUNT({c})" for c in cols)
+        finite = ", ".join(f"MIN({v}), MAX({v}), SUM({v}), COUNT({v})" for v in
+                           (f"(CASE WHEN abs({c}) <= :fmax THEN {c} END)" for c in cols))
+        width = max(1, int(width))
+        row = self.conn.execute("SELECT MIN(step), MAX(step) FROM steps WHERE step >= ?",
+                                (origin if after is None else max(origin, after + 1),)).fetchone()
+        if row[0] is None:
+            return []
+        out = []
+        # One range scan per bucket, not GROUP BY (which sorts every row): the rowid order
+        # is the bucket order. Plain aggregates first; the finite-only ones (which cost twice
+        # as much) only for a bucket that holds an inf.
+        for b in range((row[0] - origin) // width, (row[1] - origin) // width + 1):
+            args = {"lo": max(row[0], origin + b * width), "hi": origin + (b + 1) * width - 1,
+                    "fmax": FLOAT_MAX}
+            sql = "SELECT MIN(step), MAX(step), {} FROM steps WHERE step BETWEEN :lo AND :hi"
+            got = self.conn.execute(sql.format(plain), args).fetchone()
+            if got[0] is None:
+                continue
+            if any(v is not None and not -FLOAT_MAX <= v <= FLOAT_MAX for v in got[2:]):
+                got = self.conn.execute(sql.format(finite), args).fetchone()
+            out.append((b, *got))
+        return out
 
     @_guarded
     def first_step(self) -> int | None:

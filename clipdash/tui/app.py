@@ -36,6 +36,7 @@ from clipdash.tui.messages import (
 from clipdash.tui.poller import POLL_S, Poller
 from clipdash.tui.render import printable
 from clipdash.tui.runlist import RunsScreen
+from clipdash.tui.sparkcache import SparkCache
 
 ACK_TIMEOUT_S = 15.0
 
@@ -185,6 +186,6 @@ def main(runs_dir: str | Path) -> int:
     if path.exists() and not path.is_dir():
         print(f"clipdash watch: {path} is not a directory of runs", file=sys.stderr)
         return 2
-    app = WatchApp(path)
+    app = WatchApp(path, reader=Poller(path, cache=SparkCache()))
     app.run()
     return app.return_code or 0

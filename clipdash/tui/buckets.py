@@ -87,6 +87,16 @@ class Buckets:
                 self.counts[c].append(int(count or 0))
         self._compact()
 
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The contents in `RunReader.bucket_stats` form (what `load` takes back)."""
+        out = []
+        for j, b in enumerate(self.idx):
+            row: list[Any] = [b, self.lo[j], self.hi[j]]
+            for c in range(len(self.columns)):
+                row += [self.mins[c][j], self.maxs[c][j], self.sums[c][j], self.counts[c][j]]
+            out.append(tuple(row))
+        return out
+
     def add(self, steps: Sequence[int], values: Sequence[Sequence[Num]]) -> None:
         """Fold rows in step order: `values[c][i]` is column c at `steps[i]`; as in the SQL
         load, only finite values count (inf must not hide the largest finite value)."""

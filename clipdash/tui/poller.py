@@ -32,12 +32,14 @@ from clipdash.tui.columns import SPARK_COLUMNS
 from clipdash.tui.detail_data import DetailWatch
 from clipdash.tui.feed import COMPARE, PROBLEMS, RUNS, Hub, detail_topic
 from clipdash.tui.messages import CompareUpdated, DetailUpdated, ReaderProblem, RunRow, RunsUpdated
+from clipdash.tui.sparkcache import SparkCache
 from clipdash.tui.tail import Sig, Tail, db_path, file_sig
 
 POLL_S = 0.04  # live runs: write -> screen lag is this plus one frame
 SETTLED_STAT_S = 2.0  # finished runs are stat'ed this often (they may be resumed)
 DISCOVER_S = 1.0
 RECHECK_S = 2.0  # a live run is re-read now and then even if its files look unchanged
+PUBLISH_EVERY_S = 0.05  # during a long pass (the first one), rows are shown this often
 SPARK_BUDGET_S = 0.15  # whole-run sparkline scans per pass, so that live updates keep flowing
 SPARK_BUCKETS = 24
 CLIP_WINDOW = 100
@@ -111,11 +113,29 @@ class RunWatch:
         self._close_if_done()
         return True
 
-    def load_spark(self) -> bool:
-        self.spark.refresh(self.open())
+    def load_spark(self, cache: SparkCache | None = None) -> bool:
+        """Whole-run buckets: from the cache for a finished run whose file is unchanged."""
+        db_sig = self._settled_sig() if cache is not None else None
+        hit = None
+        if cache is not None and db_sig is not None:
+            hit = cache.get(self.db, db_sig, SPARK_COLUMNS, SPARK_BUCKETS)
+        if hit is not None:
+            self.spark.restore(*hit)
+        else:
+            self.spark.refresh(self.open())
+            if cache is not None and db_sig is not None:
+                cache.put(self.db, db_sig, SPARK_COLUMNS, SPARK_BUCKETS, *self.spark.saved())
         self._take_spark()
         self._close_if_done()
         return True
+
+    def _settled_sig(self) -> tuple[int, int] | None:
+        """(mtime, size) of the database of a finished run whose WAL holds nothing: then the
+        database file alone says whether anything changed."""
+        if self.live or self.sig is None or self.sig[0] is None:
+            return None
+        wal = self.sig[1]
+        return self.sig[0] if wal is None or wal[1] == 0 else None
 
     def _take_spark(self) -> None:
         self.spark_vals = (self.spark.buckets.band("loss").ymean,
@@ -224,9 +244,11 @@ class Poller(threading.Thread):
     in tests."""
 
     def __init__(self, runs_dir: str | Path, interval: float = POLL_S, *,
-                 clock: Clock = time.time, mono: Clock = time.monotonic) -> None:
+                 clock: Clock = time.time, mono: Clock = time.monotonic,
+                 cache: SparkCache | None = None) -> None:
         super().__init__(name="clipdash-watch-reader", daemon=True)
         self.hub = Hub()
+        self.cache = cache
         self.runs_dir = Path(runs_dir)
         self.interval = interval
         self.clock, self.mono = clock, mono
@@ -296,6 +318,8 @@ class Poller(threading.Thread):
                 d.close()
             if self.compare is not None:
                 self.compare.close()
+            if self.cache is not None:
+                self.cache.close()
 
     def _pause(self) -> float:
         """Short while anything live is watched; long when only finished runs are."""
@@ -311,9 +335,14 @@ class Poller(threading.Thread):
         if mono - self._discovered >= DISCOVER_S:
             self._discovered = mono
             changed = self._discover()
+        posted = self.mono()
         for w in self.watches.values():
             if w.due(mono):
                 changed |= self._refresh(w, partial(w.poll, mono), now)
+            if changed and self.mono() - posted > PUBLISH_EVERY_S:
+                # Hundreds of runs read for the first time: show the first ones already.
+                self.hub.publish(RUNS, partial(RunsUpdated, dict(self.rows)))
+                changed, posted = False, self.mono()
         backlog, loaded = self._load_sparks(now)
         if changed or loaded:
             self.hub.publish(RUNS, partial(RunsUpdated, dict(self.rows)))
@@ -350,7 +379,7 @@ class Poller(threading.Thread):
                 continue  # sparklines are read for the rows on screen only
             if self.mono() > deadline or self._stopping.is_set():
                 return True, loaded
-            loaded |= self._refresh(w, w.load_spark, now)
+            loaded |= self._refresh(w, partial(w.load_spark, self.cache), now)
         return False, loaded
 
     def _discover(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from clipdash.store.layout import DB_NAME
 from clipdash.store.reader import RunReader
@@ -72,6 +73,14 @@ class Tail:
             return True
         self.buckets.add(rows["step"], [rows[c] for c in self.columns])
         return True
+
+    def saved(self) -> tuple[list[tuple[Any, ...]], int, int]:
+        """(rows, origin, width): what `restore` takes back (for the spark cache)."""
+        return self.buckets.rows(), self.buckets.origin or 0, self.buckets.width
+
+    def restore(self, rows: Sequence[Sequence[Any]], origin: int, width: int) -> None:
+        self.buckets.load(rows, origin, width)
+        self.ready = True
 
     def _load(self, reader: RunReader, last: int) -> None:
         first = reader.first_step()
