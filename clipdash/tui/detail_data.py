@@ -70,21 +70,20 @@ def starting_config(text: str) -> tuple[str, dict[str, Any]]:
     return "\n".join(out), clip
 
 
-def in_effect(latest: dict[str, Any], clip: dict[str, Any], lr0: Any) -> list[str]:
-    """The values the trainer uses now (after any live change), beside the starting ones."""
-    mode = str(clip.get("mode", "norm"))
-    keys = [("lr", lr0)]
-    if mode == "value":
-        keys.insert(0, ("max_value", clip.get("max_value")))
-    elif mode != "none":
-        keys.insert(0, ("max_norm", clip.get("max_norm")))
+def in_effect(latest: dict[str, Any], start: dict[str, Any], mode: str) -> list[str]:
+    """The values the trainer uses now (after any live change), beside the starting ones.
+
+    `start`: the clip threshold the run began with (its config, else its first step). The LR
+    follows its schedule, so it is shown without a comparison."""
+    key = {"value": "max_value", "none": None}.get(mode, "max_norm")
     lines = []
-    for key, start in keys:
-        now = latest.get(key)
+    if key is not None:
+        now, begun = latest.get(key), start.get(key)
         note = ""
-        if isinstance(start, int | float) and now is not None and not math.isclose(now, start):
-            note = f"   # changed while training (started at {fmt_num(float(start))})"
-        lines.append(f"{key} = {fmt_num(now) if now is not None else '-'}{note}")
+        if isinstance(begun, int | float) and now is not None and not math.isclose(now, begun):
+            note = f"   # changed while training (started at {fmt_num(float(begun))})"
+        lines.append(f"{key} = {fmt_num(now)}{note}")
+    lines.append(f"lr = {fmt_num(latest.get('lr'))}   # group 0, as scheduled now")
     return lines
 
 
@@ -95,16 +94,16 @@ def config_text(run_dir: Path, reader: RunReader, latest: dict[str, Any] | None)
     except OSError:
         raw = f"# no {CONFIG_NAME} in this run directory (a hand-written loop)\n"
     text, clip = starting_config(raw)
-    try:
-        lr0 = tomllib.loads(raw).get("optimizer", {}).get("lr")
-    except (tomllib.TOMLDecodeError, AttributeError):
-        lr0 = None
+    meta = reader.meta()
+    first = reader.steps_after(-1, ("max_norm", "max_value"), limit=1)
+    start = {k: clip.get(k, (first[k] or [None])[0]) for k in ("max_norm", "max_value")}
+    mode = str(clip.get("mode", meta.get("clip_mode", "norm")))
     step = "" if not latest else f" (step {latest.get('step')})"
-    now = in_effect(latest or {}, clip, lr0)
-    meta = [f"{k} = {v!r}" for k, v in sorted(reader.meta().items())]
+    now = in_effect(latest or {}, start, mode)
+    recorded = [f"{k} = {v!r}" for k, v in sorted(meta.items())]
     return (f"# in effect now{step}\n" + "\n".join(now) + "\n\n"
             f"# starting config ({CONFIG_NAME}, as the run began)\n{text.rstrip()}\n\n"
-            "# recorded by the tracker\n" + "\n".join(meta) + "\n")
+            "# recorded by the tracker\n" + "\n".join(recorded) + "\n")
 
 
 class DetailWatch:

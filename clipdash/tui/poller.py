@@ -264,6 +264,9 @@ class Poller(threading.Thread):
         self._discovered = -1e9
         self._reported: set[str] = set()
         self.visible: frozenset[str] | None = None  # None: every run
+        self._live: list[RunWatch] = []  # polled every pass (the rest every SETTLED_STAT_S)
+        self._settled_due = -1e9
+        self._spark_todo = True  # some visible run may still lack its sparklines
         self.ticks = 0
 
     # -- called from the UI thread --------------------------------------------------------
@@ -323,7 +326,7 @@ class Poller(threading.Thread):
 
     def _pause(self) -> float:
         """Short while anything live is watched; long when only finished runs are."""
-        busy = self.details or self.compare or any(w.live for w in self.watches.values())
+        busy = self.details or self.compare or self._live
         return self.interval if busy else min(SETTLED_STAT_S, DISCOVER_S)
 
     def tick(self) -> bool:
@@ -336,14 +339,20 @@ class Poller(threading.Thread):
             self._discovered = mono
             changed = self._discover()
         posted = self.mono()
-        for w in self.watches.values():
+        settled_pass = mono >= self._settled_due or changed
+        if settled_pass:  # every run; in between, only the live ones
+            self._settled_due = mono + SETTLED_STAT_S
+        for w in self.watches.values() if settled_pass else self._live:
             if w.due(mono):
                 changed |= self._refresh(w, partial(w.poll, mono), now)
             if changed and self.mono() - posted > PUBLISH_EVERY_S:
                 # Hundreds of runs read for the first time: show the first ones already.
                 self.hub.publish(RUNS, partial(RunsUpdated, dict(self.rows)))
                 changed, posted = False, self.mono()
-        backlog, loaded = self._load_sparks(now)
+        if settled_pass:
+            self._live = [w for w in self.watches.values() if w.live]
+            self._spark_todo = True  # a run read for the first time may now need them
+        backlog, loaded = self._load_sparks(now) if self._spark_todo else (False, False)
         if changed or loaded:
             self.hub.publish(RUNS, partial(RunsUpdated, dict(self.rows)))
         self._guard("detail", self._detail_tick)
@@ -380,6 +389,7 @@ class Poller(threading.Thread):
             if self.mono() > deadline or self._stopping.is_set():
                 return True, loaded
             loaded |= self._refresh(w, partial(w.load_spark, self.cache), now)
+        self._spark_todo = False
         return False, loaded
 
     def _discover(self) -> bool:
@@ -388,6 +398,7 @@ class Poller(threading.Thread):
             return False
         found = {str(p): p for p in paths}
         changed = False
+        self._spark_todo = True
         for key, p in found.items():
             if key not in self.watches:
                 self.watches[key] = RunWatch(p, p.relative_to(self.runs_dir).as_posix())
@@ -406,6 +417,7 @@ class Poller(threading.Thread):
                 return
             if req[0] == "visible":
                 self.visible = req[1]
+                self._spark_todo = True
             elif req[0] == "detail":
                 self._set_detail(req[1], req[2], req[3])
             elif req[0] == "compare":

@@ -9,7 +9,7 @@ between them (`max_norm=0.5 CyclicLR`). Names are shown with control characters 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.segment import Segment
 from rich.style import Style
@@ -75,6 +75,11 @@ class Item:
 
 def _is_live(row: RunRow) -> bool:
     return row.status in LIVE
+
+
+def _shape(row: RunRow) -> tuple[object, ...]:
+    """What a row's place in the table depends on."""
+    return (row.name, _is_live(row), row.started, row.status if row.status in LIVE else "")
 
 
 def _order(rows: Iterable[RunRow]) -> list[RunRow]:
@@ -152,22 +157,37 @@ class RunTable(ScrollView, can_focus=True):
         self.name_w = NAME_MIN
         self._cache: dict[tuple[object, ...], tuple[Strip, Strip]] = {}
         self._scroll_w = sum(c.width + GAP for c in RUN_COLUMNS)
+        self._styles: dict[str, Style] = {}  # computing a widget's style walks its ancestors
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles.clear()
+        self._cache.clear()
+
+    def _style(self, part: str) -> Style:
+        if part not in self._styles:
+            self._styles[part] = (self.rich_style if part == "base"
+                                  else self.get_component_rich_style(part))
+        return self._styles[part]
 
     # -- data ----------------------------------------------------------------------------
 
     def update_rows(self, rows: Mapping[str, RunRow]) -> None:
-        """Take the new state of every run; redraw only the lines whose run changed."""
-        old = self.rows
-        self.rows = dict(rows)
-        items = layout(self.rows, self.needle, self.collapsed)
-        if [(i.key, i.depth, i.label, i.members, i.live) for i in items] != [
-                (i.key, i.depth, i.label, i.members, i.live) for i in self.items]:
-            self._relayout(items)
+        """Take the new state of every run; redraw only the lines whose run changed.
+
+        The order only changes when a run comes, goes, starts or ends: most updates (a live
+        run's new step) redraw one line and skip the layout."""
+        old, self.rows = self.rows, dict(rows)
+        changed = [p for p, r in self.rows.items() if old.get(p) != r]
+        if old.keys() != self.rows.keys() or any(_shape(old[p]) != _shape(self.rows[p])
+                                                 for p in changed):
+            self._relayout()
             return
-        self.items = items
-        for path, row in self.rows.items():
-            if old.get(path) != row and path in self.index:
-                self.refresh_line(self.index[path] + 1)
+        for path in changed:
+            i = self.index.get(path)
+            if i is not None:
+                self.items[i] = replace(self.items[i], row=self.rows[path])
+                self.refresh_line(i + 1)
 
     def _relayout(self, items: list[Item] | None = None) -> None:
         keep = self.selected_key()
@@ -229,11 +249,11 @@ class RunTable(ScrollView, can_focus=True):
         else:
             i = int(self.scroll_offset.y) + y - 1
             if i >= len(self.items):
-                return Strip.blank(width, self.rich_style)
+                return Strip.blank(width, self._style("base"))
             fixed, rest = self._line(self.items[i], i == self.cursor)
         x = int(self.scroll_offset.x)
         right = rest.crop(x, x + max(0, width - fixed_w))
-        return Strip.join([fixed, right]).extend_cell_length(width, self.rich_style)
+        return Strip.join([fixed, right]).extend_cell_length(width, self._style("base"))
 
     def _strip(self, text: Text, width: int, style: Style) -> Strip:
         text.truncate(width, overflow="ellipsis", pad=True)
@@ -257,7 +277,7 @@ class RunTable(ScrollView, can_focus=True):
         return self._strip(line, self._scroll_w, style)
 
     def _header(self) -> tuple[Strip, Strip]:
-        style = self.get_component_rich_style("runtable--header")
+        style = self._style("runtable--header")
         key = ("header", self.name_w, style)
         if key not in self._cache:
             fixed = self._strip(Text(" " * MARK_W + "run"), MARK_W + self.name_w, style)
@@ -267,9 +287,9 @@ class RunTable(ScrollView, can_focus=True):
 
     def _line(self, item: Item, cursor: bool) -> tuple[Strip, Strip]:
         marked = item.key in self.marks
-        style = self.rich_style
+        style = self._style("base")
         if cursor:
-            style = style + self.get_component_rich_style("runtable--cursor")
+            style = style + self._style("runtable--cursor")
         key = (item, marked, cursor, self.name_w, style)
         cached = self._cache.get(key)
         if cached is not None:
