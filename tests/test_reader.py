@@ -117,7 +117,7 @@ def test_a_store_without_tables_and_a_file_that_is_not_sqlite(tmp_path: Path) ->
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "clipdash.sqlite").write_bytes(b"hello, not a database" * 100)
-    with pytest.raises(StoreError, match="file is not a database"):
+    with pytest.raises(StoreError, match="not a clipdash store .file is not a database"):
         RunReader(junk)
 
 

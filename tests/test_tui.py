@@ -323,6 +323,24 @@ def test_escape_codes_in_a_run_name_are_shown_not_obeyed(tmp_path: Path) -> None
     run_app(runs, body, (120, 40))
 
 
+def test_a_damaged_store_is_one_row_with_a_note_and_the_others_list(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs / "good", 20).close()
+    (runs / "bad").mkdir()
+    conn = sqlite3.connect(runs / "bad" / "clipdash.sqlite")
+    conn.execute("PRAGMA user_version=1")  # a store without tables
+    conn.close()
+
+    async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: cell(app, runs / "good", "status") == "finished", "good")
+        await wait_for(pilot, lambda: cell(app, runs / "bad", "status") == "error",
+                       "the damaged run marked", timeout=15.0)
+        assert "damaged store (no table" in (table(app).rows[str(runs / "bad")].message or "")
+        await wait_for(pilot, lambda: "cannot read" in screen_text(app), "the warning")
+
+    run_app(runs, body)
+
+
 def test_filter_mark_and_compare(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for name in ("alpha", "beta", "gamma"):
@@ -334,7 +352,8 @@ def test_filter_mark_and_compare(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: len(table(app).items) == 1, "the filtered list")
         await pilot.press("escape")
         await wait_for(pilot, lambda: len(table(app).items) == 3, "the whole list")
-        await pilot.press("space", "space", "c")  # the cursor stayed on beta; space marks, moves down
+        # The cursor stayed on beta; space marks and moves down.
+        await pilot.press("space", "space", "c")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen)
                        and len(app.screen.bands) == 2, "two runs compared")
         compare = app.screen

@@ -387,3 +387,19 @@ def test_names_with_terminal_escapes_are_shown_escaped() -> None:
     assert printable("run\x1b]0;pwned\x07\n") == "run\\x1b]0;pwned\\x07\\n"
     rows = {"/r/e": RunRow(path="/r/e", name="e\x1b[2J", status="finished")}
     assert layout(rows, "", set())[0].label == "e\\x1b[2J"
+
+
+def test_the_reader_takes_its_clock(tmp_path: Path) -> None:
+    """A frozen clock one minute ahead: a live run's heartbeat is stale, so it reads "lost"."""
+    writer = make_run(tmp_path / "r", 10, state="running")
+    ahead = time.time() + 60
+    poller = Poller(tmp_path, clock=lambda: ahead)
+    rows = _tick(poller, subscribed(poller))
+    assert rows is not None and rows["r"].status == "lost"
+    now = Poller(tmp_path)
+    rows = _tick(now, subscribed(now))
+    assert rows is not None and rows["r"].status == "running"
+    writer.close()
+    for p in (poller, now):
+        for w in p.watches.values():
+            w.close()

@@ -139,8 +139,10 @@ class RunReader:
         self.read_only = not _writable(self.path)
         try:
             self.conn = self._connect()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.OperationalError, OSError) as exc:  # permissions, a vanished file
             raise schema.StoreError(f"{self.path}: cannot open ({exc})") from exc
+        except sqlite3.Error as exc:  # not SQLite at all
+            raise schema.StoreError(f"{self.path}: not a clipdash store ({exc})") from exc
         try:
             schema.check_version(self.conn, self.path)
             self._check_tables()

@@ -17,10 +17,6 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
-from clipdash import control
-from clipdash.tui.compare import CompareScreen
-from clipdash.tui.detail import DetailScreen
-from clipdash.tui.dialogs import ConfirmDialog, HelpScreen, SettingDialog
 from clipdash.tui.feed import COMPARE, PROBLEMS, STATUS, DataSource
 from clipdash.tui.messages import (
     CompareUpdated,
@@ -39,22 +35,25 @@ from clipdash.tui.runlist import RunsScreen
 from clipdash.tui.sparkcache import SparkCache
 
 ACK_TIMEOUT_S = 15.0
+# The run view, the compare view, the dialogs and the control API are imported when first
+# used: the run list paints without them.
 
 
-class CompareView(CompareScreen):
-    """The compare screen, subscribed to the reader's compare feed."""
+def compare_view(reader: DataSource, paths: list[str]) -> Screen[None]:
+    """The compare screen (tui/compare.py), subscribed to the reader's compare feed."""
+    from clipdash.tui.compare import CompareScreen
 
-    def __init__(self, reader: DataSource, paths: list[str]) -> None:
-        super().__init__(paths)
-        reader.hub.forget(COMPARE)  # another compare's bands are not these runs'
-        reader.hub.subscribe(self, COMPARE)
-        self.reader = reader
+    class CompareView(CompareScreen):
+        def on_compare_updated(self, msg: CompareUpdated) -> None:
+            self.compare_updated(msg.bands)
 
-    def on_compare_updated(self, msg: CompareUpdated) -> None:
-        self.compare_updated(msg.bands)
+        def on_unmount(self) -> None:
+            reader.hub.unsubscribe(self)
 
-    def on_unmount(self) -> None:
-        self.reader.hub.unsubscribe(self)
+    screen = CompareView(paths)
+    reader.hub.forget(COMPARE)  # another compare's bands are not these runs'
+    reader.hub.subscribe(screen, COMPARE)
+    return screen
 
 
 class WatchApp(App[int]):
@@ -100,10 +99,12 @@ class WatchApp(App[int]):
     # -- what screens ask for -------------------------------------------------------------
 
     def on_open_run(self, msg: OpenRun) -> None:
+        from clipdash.tui.detail import DetailScreen
+
         self.push_screen(DetailScreen(self.reader, msg.path))
 
     def on_open_compare(self, msg: OpenCompare) -> None:
-        self.push_screen(CompareView(self.reader, msg.paths))
+        self.push_screen(compare_view(self.reader, msg.paths))
 
     def on_steer(self, msg: Steer) -> None:
         if msg.action == "pause":
@@ -114,6 +115,8 @@ class WatchApp(App[int]):
             self.ask_stop(msg.path)
 
     def action_help(self) -> None:
+        from clipdash.tui.dialogs import HelpScreen
+
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
@@ -128,6 +131,8 @@ class WatchApp(App[int]):
         self.steer(path, "resume" if row and row.status == "paused" else "pause")
 
     def ask_setting(self, path: str, key: str) -> None:
+        from clipdash.tui.dialogs import SettingDialog
+
         row = self.rows.get(path)
         current = None if row is None else (row.max_norm if key == "max_norm" else row.lr)
 
@@ -138,6 +143,8 @@ class WatchApp(App[int]):
         self.push_screen(SettingDialog(key, self.run_name(path), current), done)
 
     def ask_stop(self, path: str) -> None:
+        from clipdash.tui.dialogs import ConfirmDialog
+
         def done(yes: bool | None) -> None:
             if yes:
                 self.steer(path, "stop")
@@ -155,6 +162,8 @@ class WatchApp(App[int]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="control")
     def _send(self, path: str, action: str, key: str | None, value: float | None,
               what: str) -> None:
+        from clipdash import control
+
         try:
             res = control.send(path, action, key, value, source="dashboard",
                                timeout=self.ack_timeout)

@@ -81,7 +81,9 @@ class RunWatch:
 
     @property
     def live(self) -> bool:
-        return self.state is None or self.state in LIVE_STATES
+        """Read every pass: running, paused, or not read yet (a store that failed to read is
+        retried at the finished runs' pace)."""
+        return self.state in LIVE_STATES or (self.state is None and not self.failures)
 
     def open(self) -> RunReader:
         if self.reader is None:
