@@ -336,7 +336,8 @@ def test_a_damaged_store_is_one_row_with_a_note_and_the_others_list(tmp_path: Pa
         await wait_for(pilot, lambda: cell(app, runs / "bad", "status") == "error",
                        "the damaged run marked", timeout=15.0)
         assert "damaged store (no table" in (table(app).rows[str(runs / "bad")].message or "")
-        await wait_for(pilot, lambda: "cannot read" in screen_text(app), "the warning")
+        await wait_for(pilot, lambda: any("no table" in n.message for n in app._notifications),
+                       "the warning")
 
     run_app(runs, body)
 

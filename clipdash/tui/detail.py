@@ -165,7 +165,7 @@ class DetailScreen(Screen[None]):
     # -- actions --------------------------------------------------------------------------
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        self.dismiss()
 
     def action_pause(self) -> None:
         self.post_message(Steer(self.path, "pause"))

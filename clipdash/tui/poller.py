@@ -105,12 +105,12 @@ class RunWatch:
         sig = file_sig(self.db)
         if sig == self.sig and not (self.live and mono - self.checked > RECHECK_S):
             return self.live  # a live run's status turns "lost" with time alone
-        self.sig, self.checked = sig, mono
         reader = self.open()
         self.status = reader.status_row() or {}
         self.values = reader.latest(CLIP_WINDOW, RATE_WINDOW) or {}
         if self.spark.ready and self.spark.refresh(reader):
             self._take_spark()
+        self.sig, self.checked = sig, mono  # only once read: a failed read is retried
         self.failures, self.error = 0, None
         self._close_if_done()
         return True
