@@ -440,7 +440,7 @@ def test_the_app_takes_its_reader_and_screens_subscribe(tmp_path: Path) -> None:
         fake.push(RunRow("/r/b", "b", "running", step=11, total=100, loss=1.25,
                          started=frozen))
         await wait_for(pilot, lambda: "1.25" in line_of(app, "running"), "the pushed row")
-        assert app.rows["/r/b"].loss == 1.25  # the App keeps rows for steering only
+        assert app.rows["/r/b"].loss == 1.25  # the App looks rows up when steering
         await wait_for(pilot, lambda: fake.visible and "/r/a" in (fake.visible[-1] or ()),
                        "the rows on screen reported to the reader")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.text import Text
@@ -17,7 +18,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
 
-from clipdash.tui.feed import COMPARE, PROBLEMS, STATUS, DataSource
+from clipdash.tui.feed import COMPARE, PROBLEMS, RUNS, STATUS, DataSource
 from clipdash.tui.messages import (
     CompareUpdated,
     ControlDone,
@@ -71,7 +72,6 @@ class WatchApp(App[int]):
         self.runs_dir = Path(runs_dir)
         self.ack_timeout = ack_timeout
         self.reader: DataSource = reader if reader is not None else Poller(self.runs_dir, poll_s)
-        self.rows: dict[str, RunRow] = {}  # the latest row of every run, for steering
 
     @property
     def poller(self) -> DataSource:
@@ -81,17 +81,20 @@ class WatchApp(App[int]):
     def get_default_screen(self) -> Screen[None]:
         return RunsScreen(self.reader, self.runs_dir)
 
+    @property
+    def rows(self) -> Mapping[str, RunRow]:
+        """The latest row of every run (for steering), taken when needed: the App does not
+        follow every update."""
+        msg = self.reader.hub.latest(RUNS)
+        return msg.rows if isinstance(msg, RunsUpdated) else {}
+
     def on_mount(self) -> None:
-        self.reader.watch_runs(self)
         self.reader.hub.subscribe(self, PROBLEMS)
         self.reader.start()
 
     def on_unmount(self) -> None:
         self.reader.stop()
         self.reader.join(timeout=5)
-
-    def on_runs_updated(self, msg: RunsUpdated) -> None:
-        self.rows = dict(msg.rows)
 
     def on_reader_problem(self, msg: ReaderProblem) -> None:
         self.notify(printable(msg.text), title="cannot read", severity="warning", timeout=8)

@@ -63,6 +63,12 @@ class Hub:
         for target in subs:
             target.post_message(make())
 
+    def latest(self, topic: Hashable) -> Message | None:
+        """A fresh copy of the last message of `topic` (None if nothing was published)."""
+        with self._lock:
+            make = self._last.get(topic)
+        return None if make is None else make()
+
     def forget(self, topic: Hashable) -> None:
         with self._lock:
             self._last.pop(topic, None)
