@@ -126,9 +126,12 @@ class LiveRuns(threading.Thread):
 class Pane:
     """The dashboard alone in a tmux pane of its own server; the pane's text via capture-pane."""
 
+    made = 0
+
     def __init__(self, runs_dir: Path, src: Path, cache: Path, cols: int = COLS,
                  rows: int = ROWS) -> None:
-        self.sock = f"clipdash-bench-{os.getpid()}"
+        Pane.made += 1  # a socket (tmux server) per pane: a killed server may linger a moment
+        self.sock = f"clipdash-bench-{os.getpid()}-{Pane.made}"
         env = (f"PYTHONPATH={src} OMP_NUM_THREADS=1 TERM=xterm-256color "
                f"CLIPDASH_CACHE_DIR={cache}")
         self.t0 = time.perf_counter()
