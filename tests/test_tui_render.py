@@ -165,6 +165,11 @@ def test_reader_rate_and_bucket_stats(tmp_path: Path) -> None:
         assert rows[0][1:3] == (0, 127) and rows[-1][1:3] == (384, 499)
         assert rows[0][6] == 128  # count of non-NULL losses in the first bucket
         assert reader.first_step() == 0
+        lean = reader.bucket_stats(("loss", "clipped"), 128, 0,
+                                   only={"loss": ("sum", "count"), "clipped": ("max",)})
+        for full, part in zip(rows, lean, strict=True):
+            assert part[:3] == full[:3] and part[5:7] == full[5:7] and part[8] == full[8]
+            assert part[3] is part[4] is part[7] is part[9] is part[10] is None
 
 
 # -- the reader thread, without a UI ------------------------------------------------------

@@ -17,6 +17,8 @@ from clipdash.tui.render import fmt_num, fmt_step, sparkline
 
 # Step columns read by the views (each must be a declared step column).
 SPARK_COLUMNS = ("loss", "grad_norm_pre")  # the run list's whole-run sparklines
+# What they draw: the mean loss and the largest grad norm of each bucket (so only these are read).
+SPARK_AGGREGATES = {"loss": ("sum", "count"), "grad_norm_pre": ("max",)}
 DETAIL_COLUMNS = ("loss", "grad_norm_pre", "grad_norm_post", "max_norm", "lr", "clip_coef",
                   "finite")
 assert set(SPARK_COLUMNS + DETAIL_COLUMNS) <= set(STEP_COLUMNS)

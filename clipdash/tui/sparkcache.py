@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE_ENV = "CLIPDASH_CACHE_DIR"
-VERSION = 1
+VERSION = 2  # of what is kept (2: the list's sparklines read only what they draw)
 Rows = list[tuple[Any, ...]]
 
 

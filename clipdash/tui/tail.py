@@ -4,7 +4,7 @@ fold in only the rows written since the last look."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,12 @@ def file_sig(db: str) -> Sig:
 class Tail:
     """Buckets of some step columns of one run, kept current by `refresh`."""
 
-    def __init__(self, columns: Sequence[str], cap: int) -> None:
+    def __init__(self, columns: Sequence[str], cap: int,
+                 only: Mapping[str, Collection[str]] | None = None) -> None:
+        """`only`: the aggregates read per column (see `RunReader.bucket_stats`)."""
         self.columns = tuple(columns)
         self.buckets = Buckets(self.columns, cap)
+        self.only = only
         self.ready = False
 
     @property
@@ -86,5 +89,6 @@ class Tail:
         first = reader.first_step()
         origin = first if first is not None else 0
         width = width_for(origin, last, self.buckets.cap)
-        self.buckets.load(reader.bucket_stats(self.columns, width, origin), origin, width)
+        self.buckets.load(reader.bucket_stats(self.columns, width, origin, only=self.only),
+                          origin, width)
         self.ready = True
