@@ -408,3 +408,52 @@ def test_the_reader_takes_its_clock(tmp_path: Path) -> None:
     for p in (poller, now):
         for w in p.watches.values():
             w.close()
+
+
+def test_finished_runs_sparklines_come_from_the_cache_the_second_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdash.tui.sparkcache import SparkCache
+
+    runs = tmp_path / "runs"
+    make_run(runs / "done", 300, spike_at=100).close()
+    live = make_run(runs / "live", 30, state="running")
+    first = Poller(runs, cache=SparkCache(tmp_path / "cache.sqlite"))
+    rows = _tick(first, subscribed(first))
+    assert rows is not None and max(v for v in rows["done"].norm_spark if v) == 1000.0
+    for w in first.watches.values():
+        w.close()
+    first.cache.close()  # type: ignore[union-attr]
+
+    scans: list[str] = []
+    real = RunReader.bucket_stats
+
+    def counting(self: RunReader, *args: object, **kwargs: object) -> object:
+        scans.append(self.run_dir.name)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RunReader, "bucket_stats", counting)
+    second = Poller(runs, cache=SparkCache(tmp_path / "cache.sqlite"))
+    inbox = subscribed(second)
+    second.tick()  # one pass: the finished run's sparkline is there at once
+    published = [m for m in inbox.messages if isinstance(m, RunsUpdated)]
+    done = {r.name: r for r in published[-1].rows.values()}["done"]
+    assert done.norm_spark == rows["done"].norm_spark and done.loss_spark == rows["done"].loss_spark
+    while second.tick():
+        pass
+    assert scans == ["live"]  # only the live run was scanned
+    live.close()
+    for w in second.watches.values():
+        w.close()
+    # A changed file is not taken from the cache: a resumed and finished-again run is rescanned.
+    from clipdash.store.writer import RunWriter
+
+    writer = RunWriter(runs / "done", resume=True)
+    writer.append_steps(step_columns(300, 5))
+    writer.set_state("finished")
+    writer.close()
+    scans.clear()
+    third = Poller(runs, cache=SparkCache(tmp_path / "cache.sqlite"))
+    rows = _tick(third, subscribed(third))
+    assert "done" in scans and rows is not None and rows["done"].step == 304
+    for w in third.watches.values():
+        w.close()

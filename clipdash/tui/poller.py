@@ -189,7 +189,7 @@ class Poller(threading.Thread):
                 continue  # sparklines are read for the rows on screen only
             if self.mono() > deadline or self._stopping.is_set():
                 return True, loaded
-            loaded |= self._refresh(w, partial(w.load_spark, self.cache), now)
+            loaded |= self._refresh(w, w.load_spark, now)
         self._spark_todo = False
         return False, loaded
 
@@ -202,7 +202,8 @@ class Poller(threading.Thread):
         self._spark_todo = True
         for key, p in found.items():
             if key not in self.watches:
-                self.watches[key] = RunWatch(p, p.relative_to(self.runs_dir).as_posix())
+                self.watches[key] = RunWatch(p, p.relative_to(self.runs_dir).as_posix(),
+                                             self.cache)
                 changed = True
         for key in [k for k in self.watches if k not in found]:
             self.watches.pop(key).close()

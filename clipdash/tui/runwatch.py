@@ -33,8 +33,9 @@ def open_reader(path: Path, cache_kib: int = LIST_CACHE_KIB) -> RunReader:
 class RunWatch:
     """What the reader thread knows about one run of the list."""
 
-    def __init__(self, path: Path, name: str) -> None:
+    def __init__(self, path: Path, name: str, cache: SparkCache | None = None) -> None:
         self.path = path
+        self.cache = cache
         self.name = name
         self.db = db_path(path)
         self.reader: RunReader | None = None
@@ -83,28 +84,36 @@ class RunWatch:
         reader = self.open()
         self.status = reader.status_row() or {}
         self.values = reader.latest(CLIP_WINDOW, RATE_WINDOW) or {}
+        self.sig, self.checked = sig, mono  # only once read: a failed read is retried
         if self.spark.ready and self.spark.refresh(reader):
             self._take_spark()
-        self.sig, self.checked = sig, mono  # only once read: a failed read is retried
+        elif not self.spark.ready and self._cached_spark():
+            self._take_spark()  # a finished run seen before: its sparklines at first paint
         self.failures, self.error = 0, None
         self._close_if_done()
         return True
 
-    def load_spark(self, cache: SparkCache | None = None) -> bool:
-        """Whole-run buckets: from the cache for a finished run whose file is unchanged."""
-        db_sig = self._settled_sig() if cache is not None else None
-        hit = None
-        if cache is not None and db_sig is not None:
-            hit = cache.get(self.db, db_sig, SPARK_COLUMNS, SPARK_BUCKETS)
-        if hit is not None:
-            self.spark.restore(*hit)
-        else:
+    def load_spark(self) -> bool:
+        """Whole-run buckets: from the cache for a finished run whose file is unchanged,
+        else one scan (kept in the cache when the run is finished)."""
+        if not self._cached_spark():
             self.spark.refresh(self.open())
-            if cache is not None and db_sig is not None:
-                cache.put(self.db, db_sig, SPARK_COLUMNS, SPARK_BUCKETS, *self.spark.saved())
+            db_sig = self._settled_sig()
+            if self.cache is not None and db_sig is not None:
+                self.cache.put(self.db, db_sig, SPARK_COLUMNS, SPARK_BUCKETS,
+                               *self.spark.saved())
         self._take_spark()
         self._close_if_done()
         return True
+
+    def _cached_spark(self) -> bool:
+        db_sig = self._settled_sig()
+        if self.cache is None or db_sig is None:
+            return False
+        hit = self.cache.get(self.db, db_sig, SPARK_COLUMNS, SPARK_BUCKETS)
+        if hit is not None:
+            self.spark.restore(*hit)
+        return hit is not None
 
     def _settled_sig(self) -> tuple[int, int] | None:
         """(mtime, size) of the database of a finished run whose WAL holds nothing: then the
