@@ -145,3 +145,30 @@ def test_one_bad_store_does_not_stop_the_others_being_listed(tmp_path: Path) -> 
         except StoreError as exc:
             errors.append(str(exc))
     assert ok == ["a", "c"] and len(errors) == 1 and "b/clipdash.sqlite" in errors[0]
+
+
+def test_the_dashboard_reads_a_read_only_run_and_marks_it(tmp_path: Path,
+                                                          read_only_dir: Path) -> None:
+    from clipdash.tui.feed import RUNS
+    from clipdash.tui.messages import RunsUpdated
+    from clipdash.tui.poller import Poller
+
+    make_run(tmp_path / "src", 300).close()
+    shutil.copytree(tmp_path / "src", read_only_dir / "run")
+    freeze(read_only_dir)
+    got: list[object] = []
+
+    class Inbox:
+        def post_message(self, message: object) -> bool:
+            got.append(message)
+            return True
+
+    poller = Poller(read_only_dir)
+    poller.hub.subscribe(Inbox(), RUNS)  # type: ignore[arg-type]
+    while poller.tick():
+        pass
+    rows = [m for m in got if isinstance(m, RunsUpdated)][-1].rows
+    row = rows[str(read_only_dir / "run")]
+    assert row.read_only and row.status == "finished" and row.step == 299 and row.norm_spark
+    for w in poller.watches.values():
+        w.close()
