@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 
 from clipdash.tui.buckets import Band
@@ -16,6 +17,7 @@ from clipdash.tui.messages import (
     DetailSnapshot,
     DetailUpdated,
     ParamPanel,
+    RunRow,
     RunsUpdated,
     Steer,
 )
@@ -24,12 +26,14 @@ from clipdash.tui.widgets import (
     EVENT_STYLES,
     STEER_BINDINGS,
     Plot,
+    TextLine,
     event_marker,
     param_table,
     run_headline,
 )
 
 TABS = ("plots", "params", "events", "config")
+HEAD_EVERY_S = 0.5
 LOG_MODES: tuple[bool | None, ...] = (None, True, False)
 
 
@@ -74,9 +78,13 @@ class DetailScreen(Screen[None]):
         self.log_mode = 0
         self.last_event = 0
         self.config = ""
+        self._params_text: Text | None = None
+        self._head_row: RunRow | None = None
+        self._head_shown: RunRow | None = None
+        self._head_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(run_headline(None, self.path), id="head")
+        yield TextLine(run_headline(None, self.path), id="head")
         with TabbedContent(initial="plots"):
             with TabPane("plots", id="plots"), Grid(id="grid"):
                 yield Plot("loss", id="loss")
@@ -89,7 +97,7 @@ class DetailScreen(Screen[None]):
                 yield RichLog(id="event-log", max_lines=2000, wrap=False, markup=False)
             with TabPane("config", id="config"), VerticalScroll():
                 yield Static("reading…", id="config-text", markup=False)
-        yield Static("", classes="status")
+        yield TextLine("", classes="status")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -116,9 +124,24 @@ class DetailScreen(Screen[None]):
     # -- data in --------------------------------------------------------------------------
 
     def on_runs_updated(self, msg: RunsUpdated) -> None:
+        """The headline follows at HEAD_EVERY_S: while a screen sits on the run list, Textual
+        repaints the whole screen for any change, so this view changes twice a second."""
         row = msg.rows.get(self.path)
-        if row is not None:
-            self.query_one("#head", Static).update(run_headline(row, self.path))
+        if row is not None and row != self._head_row:
+            self._head_row = row
+            if self._head_timer is None:
+                self._draw_head()
+                self._head_timer = self.set_timer(HEAD_EVERY_S, self._head_due)
+
+    def _head_due(self) -> None:
+        self._head_timer = None
+        if self._head_row is not self._head_shown:
+            self._draw_head()
+            self._head_timer = self.set_timer(HEAD_EVERY_S, self._head_due)
+
+    def _draw_head(self) -> None:
+        self._head_shown = self._head_row
+        self.query_one("#head", TextLine).update(run_headline(self._head_row, self.path))
 
     def on_control_status(self, msg: ControlStatus) -> None:
         self.show_status(msg.text)
@@ -151,16 +174,23 @@ class DetailScreen(Screen[None]):
             self.query_one("#config-text", Static).update(snap.config)
 
     def _draw_params(self) -> None:
+        """Only while its tab shows: a Static update relayouts the screen (~50 ms with the
+        plots), which a live run's once-a-second panel must not cost behind the plots tab."""
+        if self.query_one(TabbedContent).active != "params":
+            return
         static = self.query_one("#param-text", Static)
-        width = static.content_size.width or self.size.width - 2  # 0 while its tab is hidden
-        static.update(param_table(self.params, width))
+        width = static.content_size.width or self.size.width - 2
+        text = param_table(self.params, width)
+        if text != self._params_text:
+            self._params_text = text
+            static.update(text)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "params":
             self.call_after_refresh(self._draw_params)
 
     def show_status(self, text: Text | str) -> None:
-        self.query_one(".status", Static).update(text)
+        self.query_one(".status", TextLine).update(text)
 
     # -- actions --------------------------------------------------------------------------
 

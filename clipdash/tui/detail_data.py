@@ -126,6 +126,7 @@ class DetailWatch:
         self.params: ParamPanel | None = None
         self.config = ""
         self.config_key: tuple[Any, ...] | None = None
+        self.next_at = -1e9  # the reader thread paces snapshots (monotonic time)
 
     def close(self) -> None:
         if self.reader is not None:

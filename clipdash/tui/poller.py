@@ -33,6 +33,7 @@ from clipdash.tui.sparkcache import SparkCache
 POLL_S = 0.04  # live runs: write -> screen lag is this plus one frame
 DISCOVER_S = 1.0
 PUBLISH_EVERY_S = 0.05  # during a long pass (the first one), rows are shown this often
+DETAIL_EVERY_S = 0.5
 SPARK_BUDGET_S = 0.15  # whole-run sparkline scans per pass, so that live updates keep flowing
 READ_ERRORS = (sqlite3.Error, StoreError, OSError)
 Clock = Callable[[], float]
@@ -255,8 +256,14 @@ class Poller(threading.Thread):
                                  keep=False)
 
     def _detail_tick(self) -> None:
+        mono = self.mono()
         for path, watch in self.details.items():
+            if mono < watch.next_at:
+                continue
             if (snap := watch.tick()) is not None:
+                # Redrawing four plots of a whole run costs ~15-30 ms: a live run view is
+                # redrawn twice a second (its headline numbers follow every update).
+                watch.next_at = mono + DETAIL_EVERY_S
                 self.hub.publish(detail_topic(path), partial(DetailUpdated, snap))
 
     def _compare_tick(self) -> None:

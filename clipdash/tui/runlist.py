@@ -12,12 +12,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Footer, Input
 
 from clipdash.tui.feed import STATUS, DataSource
 from clipdash.tui.messages import ControlStatus, OpenCompare, OpenRun, RunsUpdated, Steer
 from clipdash.tui.runtable import RunTable
-from clipdash.tui.widgets import STEER_BINDINGS
+from clipdash.tui.widgets import STEER_BINDINGS, TextLine
 
 
 class RunsScreen(Screen[None]):
@@ -41,14 +41,15 @@ class RunsScreen(Screen[None]):
         self.runs_dir = runs_dir
         self._visible: list[str] | None = None
         self._control: Text | None = None
+        self._pending: RunsUpdated | None = None
         self._shown: dict[str, Text] = {}  # what the title and status lines show now
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="title")
+        yield TextLine("", id="title")
         yield RunTable()
         yield Input(placeholder="filter runs by name or status (Enter: keep, Esc: clear)",
                     id="filter")
-        yield Static("", classes="status")
+        yield TextLine("", classes="status")
         yield Footer(compact=True)
 
     @property
@@ -62,9 +63,12 @@ class RunsScreen(Screen[None]):
         self.reader.hub.subscribe(self, STATUS)
         self.update_title()
 
+    def on_screen_resume(self) -> None:
+        if self._pending is not None:
+            self.on_runs_updated(self._pending)
+
     def on_unmount(self) -> None:
         self.reader.unwatch(self)
-        self.reader.hub.unsubscribe(self)
 
     def on_resize(self) -> None:
         self.call_after_refresh(self.report_visible)
@@ -79,6 +83,12 @@ class RunsScreen(Screen[None]):
     # -- data in --------------------------------------------------------------------------
 
     def on_runs_updated(self, msg: RunsUpdated) -> None:
+        if not self.is_active:
+            # Under the run view: drawing here would make Textual repaint the whole screen
+            # on top. Keep the newest state and draw it when this screen shows again.
+            self._pending = msg
+            return
+        self._pending = None
         table = self.table
         before = len(table.items)
         table.update_rows(msg.rows)
@@ -104,7 +114,7 @@ class RunsScreen(Screen[None]):
         text.append(f"  {self.runs_dir}", style="dim")
         if text != self._shown.get("title"):
             self._shown["title"] = text
-            self.query_one("#title", Static).update(text)
+            self.query_one("#title", TextLine).update(text)
         if self._control is None:  # the status line is free: say why it is empty
             self.show_status("" if rows else f"no runs in {self.runs_dir} yet: a run shows "
                              "up here as soon as it starts recording")
@@ -113,7 +123,7 @@ class RunsScreen(Screen[None]):
         text = Text(text) if isinstance(text, str) else text
         if text != self._shown.get("status"):
             self._shown["status"] = text
-            self.query_one(".status", Static).update(text)
+            self.query_one(".status", TextLine).update(text)
 
     # -- actions --------------------------------------------------------------------------
 
