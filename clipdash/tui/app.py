@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from rich.text import Text
@@ -20,6 +20,7 @@ from textual.screen import Screen
 
 from clipdash.tui.feed import COMPARE, PROBLEMS, RUNS, STATUS, DataSource
 from clipdash.tui.messages import (
+    Back,
     CompareUpdated,
     ControlDone,
     ControlStatus,
@@ -51,6 +52,9 @@ def compare_view(reader: DataSource, paths: list[str]) -> Screen[None]:
         def on_unmount(self) -> None:
             reader.hub.unsubscribe(self)
 
+        def action_back(self) -> None:  # the view is a mode of its own: nothing to pop
+            self.post_message(Back())
+
     screen = CompareView(paths)
     reader.hub.forget(COMPARE)  # another compare's bands are not these runs'
     reader.hub.subscribe(screen, COMPARE)
@@ -72,14 +76,17 @@ class WatchApp(App[int]):
         self.runs_dir = Path(runs_dir)
         self.ack_timeout = ack_timeout
         self.reader: DataSource = reader if reader is not None else Poller(self.runs_dir, poll_s)
+        self.add_mode("runs", lambda: RunsScreen(self.reader, self.runs_dir))
+        self._views = 0
 
     @property
     def poller(self) -> DataSource:
         """The reader, by its older name (`tui/compare.py` asks for it)."""
         return self.reader
 
-    def get_default_screen(self) -> Screen[None]:
-        return RunsScreen(self.reader, self.runs_dir)
+    # Each view is the only screen of its own mode (a stack of its own): Textual repaints the
+    # whole screen on every change while another screen lies under the current one.
+    DEFAULT_MODE = "runs"
 
     @property
     def rows(self) -> Mapping[str, RunRow]:
@@ -104,10 +111,23 @@ class WatchApp(App[int]):
     def on_open_run(self, msg: OpenRun) -> None:
         from clipdash.tui.detail import DetailScreen
 
-        self.push_screen(DetailScreen(self.reader, msg.path))
+        self._open_view(lambda: DetailScreen(self.reader, msg.path))
 
     def on_open_compare(self, msg: OpenCompare) -> None:
-        self.push_screen(compare_view(self.reader, msg.paths))
+        self._open_view(lambda: compare_view(self.reader, msg.paths))
+
+    def _open_view(self, make: Callable[[], Screen[None]]) -> None:
+        self._views += 1
+        mode = f"view-{self._views}"
+        self.add_mode(mode, make)
+        self.switch_mode(mode)
+
+    def on_back(self, msg: Back) -> None:
+        """Esc in a run or compare view: back to the run list, and the view is dropped."""
+        mode = self.current_mode
+        if mode != "runs":
+            self.switch_mode("runs")
+            self.remove_mode(mode)
 
     def on_steer(self, msg: Steer) -> None:
         if msg.action == "pause":

@@ -13,6 +13,7 @@ from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 from clipdash.tui.buckets import Band
 from clipdash.tui.feed import STATUS, DataSource
 from clipdash.tui.messages import (
+    Back,
     ControlStatus,
     DetailSnapshot,
     DetailUpdated,
@@ -195,7 +196,7 @@ class DetailScreen(Screen[None]):
     # -- actions --------------------------------------------------------------------------
 
     def action_back(self) -> None:
-        self.dismiss()
+        self.post_message(Back())
 
     def action_pause(self) -> None:
         self.post_message(Steer(self.path, "pause"))

@@ -142,6 +142,10 @@ class OpenCompare(Message):
         self.paths = paths
 
 
+class Back(Message):
+    """Leave the run (or compare) view for the run list."""
+
+
 class Steer(Message):
     """Pause/resume (`pause`), ask for a new value (`set`, with `key`), or stop (asks first)."""
 
