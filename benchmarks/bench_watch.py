@@ -14,7 +14,8 @@ dashboard's own process (/proc) and from what a tmux pane shows (capture-pane at
 - RSS after start-up; CPU over --cpu-seconds in the run list with 0, 1 and 10 live runs
   (each written at --rate steps/s in batches every 0.1 s, as a Tracker flushes) beside the
   finished ones, and 1 live run alone (CPU must not grow with the number of finished runs);
-- lag: a step with a distinctive loss committed every 0.25 s → that number in the pane.
+- lag: a step with a distinctive loss committed every 0.25 s → that number in the pane;
+- CPU in the run view of a live run.
 """
 
 from __future__ import annotations
@@ -143,6 +144,9 @@ class Pane:
     def _tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-L", self.sock, *args], check=True,
                               capture_output=True, text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", *keys)
 
     def text(self) -> str:
         return self._tmux("capture-pane", "-p")
@@ -276,6 +280,15 @@ def main() -> int:
             live.finish()
         time.sleep(1.0)
         lag = measure_lag(pane, root, args.samples)
+        live = LiveRuns(root, 1, args.rate)
+        live.start()
+        time.sleep(2.0)
+        pane.keys("Home", "Enter")  # the run view of the live run (the top row)
+        opened = pane.wait_for(lambda t: "clip coef" in t and "live-00" in t, 10.0)
+        time.sleep(1.0)
+        results.append(("CPU, run view of a live run", pane.cpu_pct(args.cpu_seconds)
+                        if opened else None, "% of a core", None))
+        live.finish()
         results += [("write → screen lag, median", statistics.median(
                         [x for x in lag if x == x] or [float("nan")]), "s", None),
                     ("write → screen lag, p95", p95(lag), "s", TARGETS["lag_p95_s"]),
