@@ -137,7 +137,8 @@ class Pane:
         env = (f"PYTHONPATH={src} OMP_NUM_THREADS=1 TERM=xterm-256color "
                f"CLIPDASH_CACHE_DIR={cache}")
         self.t0 = time.perf_counter()
-        self._tmux("new-session", "-d", "-x", str(cols), "-y", str(rows),
+        # Started in `src`: `python -m` puts the current directory first on sys.path.
+        self._tmux("new-session", "-d", "-c", str(src), "-x", str(cols), "-y", str(rows),
                    f"exec env {env} {sys.executable} -m clipdash watch {runs_dir}")
         self.pid = int(self._tmux("display-message", "-p", "#{pane_pid}").strip())
 
