@@ -122,7 +122,10 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _checkpoint(self, reason: str) -> None:
-        if not self.lead:  # under torch.distributed rank 0 holds the same state and saves it
+        # Every rank hands its steps over together (the recorded loss is their mean); then
+        # under DDP rank 0 holds the same state as every rank and saves it alone.
+        self.tracker.flush()
+        if not self.lead:
             return
         s = self.s
         state = {
