@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clipdash.engine import checkpoint, ranks
+from clipdash.engine import checkpoint, fsdp, ranks
 from clipdash.engine.batches import Batches
 from clipdash.engine.config import Config
+from clipdash.engine.distconfig import check_device
 from clipdash.engine.data import DataBundle, build_data
 from clipdash.engine.models import build_model
 from clipdash.engine.optim import build_optimizer, build_scheduler
@@ -60,11 +61,14 @@ def _batches(dataset: Any, tensors: Any, batch_size: int, seed: int, device: tor
 def setup(cfg: Config) -> Setup:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    device = ranks.init(device)  # under torchrun: join the group, this rank's device
+    check_device(cfg.distributed, device, cfg.source)
+    # Under torchrun: join the group, this rank's device.
+    device = ranks.init(device, cfg.distributed.backend)
     rank, world = ranks.rank(), ranks.world_size()
     data = build_data(cfg)
     model = build_model(cfg, data).to(device)
-    net = ranks.wrap(model, device)  # DDP with more than one rank
+    # With more than one rank: DDP, or the model sharded in place (fsdp2).
+    net = ranks.wrap(model, device, cfg.distributed.strategy)
     optimizer = build_optimizer(cfg, model)
     bs = cfg.data.batch_size
     train = _batches(data.train, data.train_tensors, bs, cfg.seed, device, shuffle=True,
@@ -122,23 +126,25 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _checkpoint(self, reason: str) -> None:
-        # Every rank hands its steps over together (the recorded loss is their mean); then
-        # under DDP rank 0 holds the same state as every rank and saves it alone.
+        # Every rank hands its steps over together (the recorded loss is their mean).
         self.tracker.flush()
-        if not self.lead:
-            return
         s = self.s
+        path = checkpoint.path_for(self.run_dir, self.step)
+        shards = (fsdp.save_shards(path, s.model, s.optimizer)  # every rank its own shards
+                  if fsdp.is_sharded(s.model) else None)
+        if not self.lead:  # under DDP rank 0 holds the same state as every rank
+            return
+        weights = ({"shards": shards} if shards is not None else
+                   {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict()})
         state = {
             "step": self.step,
             "position": self.position,
             "last_val": self.last_val,
             "last_eval_step": self.last_eval_step,
-            "model": s.model.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
+            **weights,
             "scheduler": s.driver.state_dict() if s.driver else None,
             "tracker": self.tracker.state_dict(),
         }
-        path = checkpoint.path_for(self.run_dir, self.step)
         self.tracker.event("checkpoint", f"{reason} checkpoint after {self.step} steps",
                            {"path": str(path.relative_to(self.run_dir)), "reason": reason})
         # Every step before the checkpoint (and its event) is in the store and in TensorBoard
@@ -155,8 +161,11 @@ class Trainer:
         s = self.s
         try:
             state = checkpoint.load(path)
-            s.model.load_state_dict(state["model"])
-            s.optimizer.load_state_dict(state["optimizer"])
+            if "shards" in state:
+                fsdp.load_shards(path, state["shards"], s.model, s.optimizer)
+            else:
+                s.model.load_state_dict(state["model"])
+                s.optimizer.load_state_dict(state["optimizer"])
             if s.driver and state.get("scheduler") is not None:
                 s.driver.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
