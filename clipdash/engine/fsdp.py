@@ -85,10 +85,9 @@ def load_shards(checkpoint_file: Path, name: Any, model: nn.Module,
         raise ValueError(f"shards entry {name!r} is not a folder name beside the checkpoint")
     folder = checkpoint_file.parent / name
     model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optimizer"])
+    dcp.load({"model": model_state, "optimizer": optim_state},  # in place, into these dicts
+             checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
 
 
 def remove_stale(folder: Path, kept: list[Path]) -> None:

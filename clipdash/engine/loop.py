@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from clipdash.engine import checkpoint, fsdp, ranks
 from clipdash.engine.batches import Batches
 from clipdash.engine.config import Config
-from clipdash.engine.distconfig import check_device
 from clipdash.engine.data import DataBundle, build_data
+from clipdash.engine.distconfig import check_device
 from clipdash.engine.models import build_model
 from clipdash.engine.optim import build_optimizer, build_scheduler
 from clipdash.engine.progress import RunProgress

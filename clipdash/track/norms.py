@@ -7,6 +7,8 @@ norms (exact for any p-norm, and the max for p = inf), exactly as `clip_grad_nor
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -45,7 +47,7 @@ class ShardedNorms:
     copies. The reduction runs in float64: p-th powers of large norms overflow float32.
     """
 
-    def __init__(self, params: list[Tensor], device: torch.device) -> None:
+    def __init__(self, params: Sequence[Tensor], device: torch.device) -> None:
         import torch.distributed as dist  # noqa: PLC0415 - only a sharded model needs it
 
         world = dist.get_world_size()
@@ -67,16 +69,17 @@ class ShardedNorms:
         return per_param.copy_(powers.pow_(1.0 / norm_type))
 
 
-def is_sharded(params: list[Tensor]) -> bool:
+def is_sharded(params: Sequence[Tensor]) -> bool:
     """True if any parameter is a DTensor (a `fully_shard`ed model)."""
     dtensor = _dtensor_type()
     return dtensor is not None and any(isinstance(p, dtensor) for p in params)
 
 
-def local_shards(grads: list[Tensor]) -> list[Tensor]:
+def local_shards(grads: Sequence[Tensor]) -> list[Tensor]:
     """This rank's shards of DTensor gradients (views: scaling them scales the gradient)."""
     dtensor = _dtensor_type()
-    return [g._local_tensor if dtensor is not None and isinstance(g, dtensor) else g
+    # `_local_tensor` is the shard itself; `to_local()` would add an autograd node per call.
+    return [cast(Any, g)._local_tensor if dtensor is not None and isinstance(g, dtensor) else g
             for g in grads]
 
 
@@ -85,8 +88,8 @@ def _copies(param: Tensor, world: int) -> int:
     dtensor = _dtensor_type()
     if dtensor is None or not isinstance(param, dtensor):
         return world
-    mesh, copies = param.device_mesh, 1
-    for dim, placement in enumerate(param.placements):
+    mesh, copies = getattr(param, "device_mesh"), 1  # noqa: B009 - a DTensor's, untyped
+    for dim, placement in enumerate(getattr(param, "placements")):  # noqa: B009
         if placement.is_replicate():
             copies *= mesh.size(dim)
     return copies
