@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
+from clipdash.commands import torchrun
 from clipdash.commands.common import run_dir_arg
 from clipdash.commands.errors import UsageError
 from clipdash.store.layout import CONFIG_NAME, DEFAULT_RUNS_DIR
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                         help="train on N ranks with torch.distributed (launched through "
                         "torch.distributed.run; gloo on CPU, nccl on CUDA)")
+    torchrun.add_arguments(parser)
 
 
 def default_name(config_path: Path) -> str:
@@ -84,10 +86,9 @@ def worker_rank() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.nproc_per_node < 1:
-        raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
-    if args.nproc_per_node > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return launch(args)
+    launcher = torchrun.launcher(args)  # UsageError for bad --nproc-per-node / --nnodes ...
+    if torchrun.wanted(args) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return launch(args, launcher)
     config_path, resume_dir = _config_path(args)
     from clipdash.engine import ranks
     from clipdash.engine.config import load_config
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                  progress=not args.no_progress, runs_dir=args.runs_dir)
 
 
-def launch(args: argparse.Namespace) -> int:
+def launch(args: argparse.Namespace, launcher: list[str]) -> int:
     """`--nproc-per-node N`: check the config, then run N ranks via torch.distributed.run.
 
     The launcher runs in its own session, so Ctrl-C reaches the ranks once, through this
@@ -136,15 +137,14 @@ def launch(args: argparse.Namespace) -> int:
         run_dir = resume_dir
     else:
         run_dir = Path(args.runs_dir) / (args.name or default_name(config_path))
-        if run_dir.exists():
+        if run_dir.exists() and args.node_rank == 0:  # node 0 may have made it already
             raise UsageError(f"{run_dir} already exists (pick another --name, or --resume it)")
         worker += ["--name", run_dir.name]
     for override in args.overrides:
         worker += ["--set", override]
     if args.no_progress:
         worker.append("--no-progress")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={args.nproc_per_node}", "-m", "clipdash", *worker]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "clipdash", *worker]
     proc = subprocess.Popen(cmd, start_new_session=True)
 
     def forward(signum: int, frame: FrameType | None) -> None:
