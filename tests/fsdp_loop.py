@@ -9,6 +9,10 @@ computation split differently. The model is `fully_shard`ed per block and on the
 or wrapped in DistributedDataParallel (ddp). The run records into OUT/run; at the end every
 rank saves the full parameters (gathered from the shards) to OUT/params<rank>.pt.
 
+--steer-at S: rank 0 sets max_norm to --steer-to once step S is recorded (through the store, as
+`clipdash ctl` does; applied at the next exchange); --apply-at S sets it directly before step S
+instead (the single-process reference). Every rank logs [step, max_norm] to OUT/rank<N>.jsonl.
+
 --pause-at S: rank 0 pauses the run once step S is recorded and resumes it --pause-s seconds
 later; --slow-checkpoint makes rank 0's pause checkpoint take that long as well (the other
 ranks wait in the control exchange meanwhile). --pg-timeout sets the process group's timeout.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import threading
 import time
@@ -64,6 +69,12 @@ def pause_later(run_dir: Path, tracker: Tracker, at: int, seconds: float) -> Non
     control.resume(run_dir, timeout=60)
 
 
+def steer_later(run_dir: Path, tracker: Tracker, at: int, value: float) -> None:
+    while tracker.step_index <= at:
+        time.sleep(0.01)
+    control.set_value(run_dir, "max_norm", value, timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["single", "ddp", "fsdp2"])
@@ -76,6 +87,9 @@ def main() -> None:
     ap.add_argument("--pause-s", type=float, default=0.0)
     ap.add_argument("--slow-checkpoint", action="store_true")
     ap.add_argument("--pg-timeout", type=float, default=60.0)
+    ap.add_argument("--steer-at", type=int, default=-1)
+    ap.add_argument("--apply-at", type=int, default=-1)
+    ap.add_argument("--steer-to", type=float, default=0.2)
     args = ap.parse_args()
     torch.set_num_threads(1)
     rank, world = 0, 1
@@ -105,8 +119,14 @@ def main() -> None:
     if args.pause_at >= 0 and rank == 0:
         threading.Thread(target=pause_later, daemon=True,
                          args=(run_dir, tracker, args.pause_at, args.pause_s)).start()
+    if args.steer_at >= 0 and rank == 0:
+        threading.Thread(target=steer_later, daemon=True,
+                         args=(run_dir, tracker, args.steer_at, args.steer_to)).start()
+    log = open(args.out / f"rank{rank}.jsonl", "w")  # noqa: SIM115 - closed below
     with tracker:
         for step in range(args.steps):
+            if step == args.apply_at:
+                tracker.clipper.set("max_norm", args.steer_to)
             x, y = batch(step, rank, world)
             optimizer.zero_grad()
             loss = nn.functional.mse_loss(net(x), y)
@@ -114,6 +134,8 @@ def main() -> None:
             if tracker.clip():
                 optimizer.step()
             tracker.step(loss)
+            log.write(json.dumps([step, tracker.clipper.get("max_norm")]) + "\n")
+    log.close()
     params = full_params(model)
     torch.save(params, args.out / f"params{rank}.pt")
     if world > 1:

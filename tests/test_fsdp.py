@@ -85,6 +85,9 @@ def test_two_ranks_record_the_single_process_run(mode: str, single: Path,
     # The single-process record itself is clip_grad_norm_'s (checked in test_tracker_norms);
     # both ranks end with the reference model (gathered from the shards under FSDP2).
     expected = torch.load(single.parent / "params0.pt")
+    ranks = [torch.load(tmp_path / f"params{r}.pt") for r in (0, 1)]
+    for name in expected:  # DDP ranks are identical; FSDP2's gathered shards are one model
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
     for r in (0, 1):
         got = torch.load(tmp_path / f"params{r}.pt")
         for name, value in expected.items():
@@ -127,3 +130,28 @@ def test_pause_longer_than_the_process_group_timeout(tmp_path: Path) -> None:
     wall = column(rows, "wall_time")
     gap = np.diff(wall).max()
     assert gap >= 7.0, f"the run did not pause for the whole time (longest gap {gap:.1f} s)"
+
+
+def test_fsdp2_max_norm_change_lands_on_every_rank_at_one_step(tmp_path: Path) -> None:
+    """A max_norm change sent mid-run is applied by both ranks at the same exchange step; the
+    record and the gathered model equal a single process that changed it at that step."""
+    run_dir = run_loop("fsdp2", tmp_path / "fsdp2", "--steps", "300", "--steer-at", "15")
+    with RunReader(run_dir) as reader:
+        [change] = [e for e in reader.events_after() if e["kind"] == "control"]
+    at = change["step"]
+    assert at % 10 == 0 and 15 < at < 300
+    logs = [(tmp_path / "fsdp2" / f"rank{r}.jsonl").read_text() for r in (0, 1)]
+    assert logs[0] == logs[1], "the ranks stepped with different thresholds"
+    ref_dir = run_loop("single", tmp_path / "single", "--steps", "300", "--apply-at", str(at))
+    ref, _, _ = record(ref_dir)
+    rows, _, _ = record(run_dir)
+    assert column(rows, "max_norm").tolist() == column(ref, "max_norm").tolist()
+    assert column(rows, "max_norm")[at - 1:at + 1] == pytest.approx([0.5, 0.2])
+    for key in ("loss", "grad_norm_pre", "grad_norm_post"):
+        np.testing.assert_allclose(column(rows, key), column(ref, key), rtol=1e-4,
+                                   err_msg=key)
+    expected = torch.load(tmp_path / "single" / "params0.pt")
+    for r in (0, 1):
+        got = torch.load(tmp_path / "fsdp2" / f"params{r}.pt")
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
