@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--steer-at", type=int, default=-1)
     ap.add_argument("--apply-at", type=int, default=-1)
     ap.add_argument("--steer-to", type=float, default=0.2)
+    ap.add_argument("--drop-grad-until", type=int, default=0,
+                    help="before this step, 1.0.bias has no gradient (recorded norm 0)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rank, world = 0, 1
@@ -131,10 +133,12 @@ def main() -> None:
             optimizer.zero_grad()
             loss = nn.functional.mse_loss(net(x), y)
             loss.backward()
+            if step < args.drop_grad_until:
+                model[1][0].bias.grad = None
             if tracker.clip():
                 optimizer.step()
             tracker.step(loss)
-            log.write(json.dumps([step, tracker.clipper.get("max_norm")]) + "\n")
+            log.write(json.dumps([step, tracker.state_dict()["clipper"]]) + "\n")
     log.close()
     params = full_params(model)
     torch.save(params, args.out / f"params{rank}.pt")

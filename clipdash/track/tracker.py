@@ -221,13 +221,15 @@ class Tracker:
         grads = [p.grad for p in params if p.grad is not None]
         if self._sharded is not None:  # FSDP2: measure and clip this rank's shards
             grads = local_shards(grads)
-        if len(grads) == len(params) and ps.identity:
+        whole = len(grads) == len(params) and ps.identity  # per is the buffer's row itself
+        if whole:
             per = per_param_norms(grads, self.norm_type, out=buf.per_param)
         else:
             params, per = self._partial_norms(grads)
         measured: Sequence[Tensor] = params
         if self._sharded is not None:
-            per = self._global_norms(per)
+            cols = None if whole or not grads else self._present_columns()
+            per = self._global_norms(per, cols)
             measured = local_shards(measured)
         if grads:  # the norm of the norms of the present gradients, as clip_grad_norm_ does
             torch.linalg.vector_norm(per, self.norm_type, out=buf.pre)
@@ -236,7 +238,7 @@ class Tracker:
         self.clipper.record(grads, measured, per, buf.pre, self.norm_type, buf.post, buf.coef,
                             buf.threshold)
         if self._sharded is not None and self.clipper.mode in LOCAL_POST_MODES:
-            self._global_post(grads)
+            self._global_post(grads, None if whole or not grads else self._present_columns())
         self._lrs = ps.lrs()
         self._staged = True
         if self.guard.after_measure(buf.pre, grads, self.step_index):
@@ -275,25 +277,31 @@ class Tracker:
             full.index_copy_(0, self._present[1], per.to(full.device))
         return [order[i] for i in present], per
 
-    def _global_norms(self, per: Tensor) -> Tensor:
-        """FSDP2: every column's global norm from the local ones, in one all-reduce."""
+    def _present_columns(self) -> Tensor:
+        assert self._present is not None  # set by _partial_norms for this step's gradients
+        return self._present[1]
+
+    def _global_norms(self, per: Tensor, cols: Tensor | None) -> Tensor:
+        """FSDP2: every column's global norm from the local ones, in one all-reduce.
+
+        `cols`: the columns of `per` when it is not the buffer's row (some gradients absent)."""
         assert self._sharded is not None
         self._sharded.reduce_(self.buffer.per_param, self.norm_type)
-        if per.data_ptr() == self.buffer.per_param.data_ptr():
+        if cols is None or per.numel() == 0:
             return per
-        assert self._present is not None  # the partial path: the present columns, reduced
-        return self.buffer.per_param.index_select(0, self._present[1])
+        return self.buffer.per_param.index_select(0, cols)
 
-    def _global_post(self, grads: list[Tensor]) -> None:
+    def _global_post(self, grads: list[Tensor], cols: Tensor | None) -> None:
         """Modes whose post-clip norm is measured on the clipped shards: make it global."""
-        buf = self.buffer
-        post = per_param_norms(grads, self.norm_type) if grads else buf.per_param.new_zeros(0)
-        full = torch.zeros_like(buf.per_param)
-        if post.numel():
-            cols = (self._present[1] if self._present is not None
-                    else torch.arange(len(grads), device=full.device))
-            full.index_copy_(0, cols, post.to(full.device))
         assert self._sharded is not None
+        buf = self.buffer
+        full = torch.zeros_like(buf.per_param)
+        if grads:
+            post = per_param_norms(grads, self.norm_type)
+            if cols is None:
+                full.copy_(post)
+            else:
+                full.index_copy_(0, cols, post.to(full.device))
         torch.linalg.vector_norm(self._sharded.reduce_(full, self.norm_type), self.norm_type,
                                  out=buf.post)
         torch.where(buf.pre > 0, buf.post / buf.pre, torch.ones_like(buf.pre), out=buf.coef)
