@@ -14,43 +14,23 @@ from typing import Any
 
 import numpy as np
 import pytest
-from trainer_proc import Trainer, clipdash, query
+from trainer_proc import Trainer, clipdash, query, write_config
 
 from clipdash.store.reader import RunReader
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
 
 TIMEOUT_S = 150
-CONFIG = """\
-seed = 0
-device = "cpu"
-[model]
-kind = "mlp"
-hidden = [16, 16]
-[data]
-kind = "regression"
-batch_size = {batch_size}
-n_samples = 640
-[optimizer]
-name = "SGD"
-lr = 0.05
-momentum = 0.9
-[clip]
-max_norm = 0.5
-[train]
-max_steps = {max_steps}
-eval_every = 40
-checkpoint_every = 50
-[distributed]
-strategy = "{strategy}"
-"""
 
 
 def write(tmp: Path, name: str, *, batch_size: int = 8, max_steps: int = 60,
           strategy: str = "ddp") -> Path:
-    path = tmp / f"{name}.toml"
-    path.write_text(CONFIG.format(batch_size=batch_size, max_steps=max_steps,
-                                  strategy=strategy))
+    """trainer_proc's config (an MLP on regression data, SGD with momentum) that clips often,
+    with batch_size per rank and a [distributed] section."""
+    path = write_config(tmp, name, max_steps=max_steps, eval_every=40, checkpoint_every=50,
+                        scheduler=f'[distributed]\nstrategy = "{strategy}"\n')
+    text = path.read_text().replace("batch_size = 16", f"batch_size = {batch_size}")
+    path.write_text(text.replace("max_norm = 1.0", "max_norm = 0.5"))
     return path
 
 
