@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from clipdash.commands import torchrun
 from clipdash.commands.common import run_dir_arg
 from clipdash.commands.errors import UsageError
 from clipdash.store.layout import CONFIG_NAME, DEFAULT_RUNS_DIR
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                         help="train on N ranks with torch.distributed (launched through "
                         "torch.distributed.run; gloo on CPU, nccl on CUDA)")
+    torchrun.add_arguments(parser)
 
 
 def _config_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -87,10 +89,9 @@ def _new_run_dir(args: argparse.Namespace, config_path: Path, cfg: Any) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.nproc_per_node < 1:
-        raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
-    if args.nproc_per_node > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return launch(args)
+    launcher = torchrun.launcher(args)  # UsageError for bad --nproc-per-node / --nnodes ...
+    if torchrun.wanted(args) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return launch(args, launcher)
     cfg, config_path, resume_dir, changes = _checked(args)
     from clipdash.engine import lifecycle, ranks
     from clipdash.engine.loop import setup
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                                changes=changes)
 
 
-def launch(args: argparse.Namespace) -> int:
+def launch(args: argparse.Namespace, launcher: list[str]) -> int:
     """`--nproc-per-node N`: check the config, then run N ranks via torch.distributed.run.
 
     The launcher runs in its own session, so Ctrl-C reaches the ranks once, through this
@@ -132,14 +133,18 @@ def launch(args: argparse.Namespace) -> int:
         worker += ["--resume", str(resume_dir)]
         run_dir = resume_dir
     else:
-        run_dir = _new_run_dir(args, config_path, cfg)
+        if args.node_rank == 0:
+            run_dir = _new_run_dir(args, config_path, cfg)
+        else:  # node 0 may have made it already; its rank 0 names and checks the run
+            if not args.name:
+                raise UsageError("--node-rank > 0 needs the --name that node 0 uses")
+            run_dir = Path(args.runs_dir) / args.name
         worker += ["--name", str(run_dir.relative_to(args.runs_dir))]
     for override in args.overrides:
         worker += ["--set", override]
     if args.no_progress:
         worker.append("--no-progress")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={args.nproc_per_node}", "-m", "clipdash", *worker]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "clipdash", *worker]
     proc = subprocess.Popen(cmd, start_new_session=True)
 
     def forward(signum: int, frame: FrameType | None) -> None:

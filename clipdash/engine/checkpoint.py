@@ -51,6 +51,10 @@ def save(run_dir: Path, state: dict[str, Any], step: int) -> Path:
     os.replace(tmp, path)
     for old in sorted(folder.glob("step-*.pt"))[:-KEEP]:
         old.unlink(missing_ok=True)
+    if "shards" in state:  # fsdp2: the shard folders of rotated-out checkpoints go too
+        from clipdash.engine import fsdp  # noqa: PLC0415 - torch.distributed, fsdp2 only
+
+        fsdp.remove_stale(folder, sorted(folder.glob("step-*.pt")))
     return path
 
 

@@ -28,6 +28,8 @@ from clipdash.engine.builtins import (
     is_number,
     is_plugin,
 )
+from clipdash.engine.distconfig import DistributedConfig
+from clipdash.engine.distconfig import parse as parse_distributed
 from clipdash.engine.errors import ConfigError, did_you_mean
 from clipdash.store.names import check_run_name
 
@@ -176,6 +178,8 @@ class Config:
     """[clip]"""
     train: TrainConfig = field(default_factory=TrainConfig)
     """[train]"""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """[distributed]: strategy and backend under torchrun."""
     seed: int = 0
     """Seeds torch (model init) and the built-in data generators."""
     device: str = "auto"
@@ -199,6 +203,7 @@ class Config:
             d["scheduler"] = _scheduler_dict(self.scheduler)
         d["clip"] = {k: getattr(self.clip, k) for k in self.clip.__dataclass_fields__}
         d["train"] = {k: getattr(self.train, k) for k in self.train.__dataclass_fields__}
+        d["distributed"] = self.distributed.to_dict()
         d["sweep"] = self.sweep
         return _drop_none(d)
 
@@ -365,7 +370,7 @@ class Table:
                 raise self.error(k, f"unknown key{context}{did_you_mean(k, known)}")
 
 
-_SECTIONS = ("model", "data", "optimizer", "scheduler", "clip", "train", "sweep")
+_SECTIONS = ("model", "data", "optimizer", "scheduler", "clip", "train", "distributed", "sweep")
 _TOP_KEYS = ("seed", "device", "name")
 
 
@@ -400,8 +405,11 @@ def config_from_dict(raw: dict[str, Any], source: str) -> Config:
     clip = _clip(Table(raw.get("clip", {}), "clip", source))
     train = _train(Table(raw.get("train", {}), "train", source), data)
     sweep = _sweep(raw["sweep"], source) if "sweep" in raw else None
+    distributed = parse_distributed(Table(raw.get("distributed", {}), "distributed", source),
+                                    device)
     cfg = Config(model=model, data=data, optimizer=optimizer, scheduler=scheduler, clip=clip,
-                 train=train, seed=seed, device=device, name=name, sweep=sweep, source=source)
+                 train=train, distributed=distributed, seed=seed, device=device, name=name,
+                 sweep=sweep, source=source)
     # Values torch itself rejects (momentum=-1, SequentialLR milestones that don't fit) only
     # show up on construction; do it now, on a dummy parameter, while exit 2 is still possible.
     optim.dry_run(cfg)

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from clipdash.engine import checkpoint, ranks
+from clipdash.engine import checkpoint, fsdp, ranks
 from clipdash.engine.batches import Batches
 from clipdash.engine.config import ClipConfig, Config, check_device
 from clipdash.engine.data import DataBundle, build_data
+from clipdash.engine.distconfig import check_backend_device
 from clipdash.engine.errors import CheckpointError, ConfigError
 from clipdash.engine.models import build_model
 from clipdash.engine.optim import build_optimizer, build_scheduler
@@ -98,11 +99,14 @@ def setup(cfg: Config) -> Setup:
     torch.set_num_threads(threads_for(cfg))
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    device = ranks.init(device)  # under torchrun: join the group, this rank's device
+    check_backend_device(cfg.distributed, device, cfg.source)
+    # Under torchrun: join the group, this rank's device.
+    device = ranks.init(device, cfg.distributed.backend)
     rank, world = ranks.rank(), ranks.world_size()
     data = _built(cfg, "data", "data", lambda: build_data(cfg))
     model = _built(cfg, "model", "model", lambda: build_model(cfg, data).to(device))
-    net = ranks.wrap(model, device)  # DDP with more than one rank
+    # With more than one rank: DDP, or the model sharded in place (fsdp2).
+    net = ranks.wrap(model, device, cfg.distributed.strategy)
     optimizer = build_optimizer(cfg, model)
     bs = cfg.data.batch_size
     train = _built(cfg, "data", "training batches", lambda: _batches(
@@ -191,20 +195,25 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _checkpoint(self, reason: str) -> None:
-        if not self.lead:  # under torch.distributed rank 0 holds the same state and saves it
-            return
+        # Every rank hands its steps over together (the recorded loss is their mean).
+        self.tracker.flush()
         s = self.s
+        path = checkpoint.path_for(self.run_dir, self.step)
+        shards = (fsdp.save_shards(path, s.model, s.optimizer)  # every rank its own shards
+                  if fsdp.is_sharded(s.model) else None)
+        if not self.lead:  # under DDP rank 0 holds the same state as every rank
+            return
+        weights = ({"shards": shards} if shards is not None else
+                   {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict()})
         state = {
             "step": self.step,
             "position": self.position,
             "last_val": self.last_val,
             "last_eval_step": self.last_eval_step,
-            "model": s.model.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
+            **weights,
             "scheduler": s.driver.state_dict() if s.driver else None,
             "tracker": self.tracker.state_dict(),
         }
-        path = checkpoint.path_for(self.run_dir, self.step)
         self.tracker.event("checkpoint", f"{reason} checkpoint after {self.step} steps",
                            {"path": str(path.relative_to(self.run_dir)), "reason": reason})
         # Every step before the checkpoint (and its event) is in the store and in TensorBoard
@@ -221,8 +230,11 @@ class Trainer:
         s = self.s
         state = checkpoint.load(path)  # CheckpointError (one line) if unsafe or unreadable
         try:
-            s.model.load_state_dict(state["model"])
-            s.optimizer.load_state_dict(state["optimizer"])
+            if "shards" in state:
+                fsdp.load_shards(path, state["shards"], s.model, s.optimizer)
+            else:
+                s.model.load_state_dict(state["model"])
+                s.optimizer.load_state_dict(state["optimizer"])
             if s.driver and state.get("scheduler") is not None:
                 s.driver.load_state_dict(state["scheduler"])
             self.step = int(state["step"])

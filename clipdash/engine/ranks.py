@@ -42,22 +42,34 @@ def is_leader() -> bool:
     return rank() == 0
 
 
-def init(device: torch.device) -> torch.device:
-    """Join the process group torchrun describes (once); this rank's device. No-op alone."""
+def default_backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init(device: torch.device, backend: str | None = None) -> torch.device:
+    """Join the process group torchrun describes (once); this rank's device. No-op alone.
+
+    `backend` None: nccl on CUDA, gloo on the CPU.
+    """
     if not launched():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if dist.is_available() and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend or default_backend(device))
     return device
 
 
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """The module the loop calls forward on: DistributedDataParallel with more than one rank."""
+def wrap(model: nn.Module, device: torch.device, strategy: str = "ddp") -> nn.Module:
+    """The module the loop calls forward on, with more than one rank: the model wrapped in
+    DistributedDataParallel ("ddp"), or the model itself sharded in place ("fsdp2")."""
     if not active():
         return model
+    if strategy == "fsdp2":
+        from clipdash.engine import fsdp
+
+        return fsdp.shard(model)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)

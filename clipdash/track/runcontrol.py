@@ -26,7 +26,8 @@ Observer = Callable[[str, str | None], None]
 
 
 class Host(Protocol):
-    def flush(self) -> None: ...
+    def flush(self, wait: bool = True) -> None: ...
+    def flush_due(self) -> bool: ...
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None: ...
     def checkpoint(self, reason: str) -> None: ...
     def set_state(self, state: str) -> None: ...
@@ -101,7 +102,10 @@ class RunControl:
             while self.inbox:
                 mine.append(self.inbox.popleft())
         signal_name, self._signal_pending = self._signal_pending, None
-        commands, stop = self.sync.exchange(mine, signal_name is not None)
+        commands, stop, flush = self.sync.exchange(mine, signal_name is not None,
+                                                   self.host.flush_due())
+        if flush:  # every rank hands its steps over here: the loss mean is a collective
+            self.host.flush(wait=False)
         if stop:  # rank 0 caught SIGTERM / SIGINT (torchrun forwards them to every rank)
             commands.append(Command(0, "signal", "stop", None, signal_name or "signal"))
         if commands:

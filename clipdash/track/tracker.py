@@ -41,11 +41,11 @@ from torch.optim import Optimizer
 
 from clipdash.store.layout import DEFAULT_RUNS_DIR
 from clipdash.track import distributed
-from clipdash.track.buffer import StepBuffer, row_values
+from clipdash.track.buffer import ROW_FIELDS, StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
 from clipdash.track.items import Eval, Event, ParamsAdded, RejectPending, Resolve, State, Steps
 from clipdash.track.nonfinite import NonfiniteGuard
-from clipdash.track.norms import per_param_norms
+from clipdash.track.norms import ShardedNorms, is_sharded, local_shards, per_param_norms
 from clipdash.track.options import ALL_SETTABLE, ClipOptions
 from clipdash.track.params import ParamSet
 from clipdash.track.recorder import Recorder, RecordError, Setup, describe_start
@@ -53,6 +53,9 @@ from clipdash.track.runcontrol import Observer, RunControl
 from clipdash.track.steering import Command, Steering
 
 NONFINITE_POLICIES = ("skip", "stop", "continue")
+# Clip modes that measure the post-clip norm on the clipped gradients (not derived from the
+# coefficient): under FSDP2 that measurement is local and needs its own reduction.
+LOCAL_POST_MODES = ("value", "agc")
 CheckpointFn = Callable[[str], None]
 
 __all__ = ["ClipOptions", "RecordError", "Tracker", "TrackerError"]
@@ -172,6 +175,7 @@ class Tracker:
                                      else scheduler)
             self.buffer = StepBuffer(self.device, len(cols), int(buffer_steps))
             self._n_groups = len(self.param_set.groups)
+            self._sharded = self._sharded_norms()
             self.guard = NonfiniteGuard(self.nonfinite, optimizers, self.device,
                                         lambda kind, message: self.event(kind, message))
             # With the device skip only the record knows which steps were non-finite.
@@ -181,6 +185,8 @@ class Tracker:
         except BaseException:
             self.recorder.abort()
             raise
+        self._sync = sync
+        self._lone = False  # closing after a failure: no collective may be waited on
         self.control = RunControl(self.steering, self.recorder.inbox, _ControlHost(self), sync)
         if record and not quiet:
             print(describe_start(self.run_dir), file=sys.stderr)
@@ -213,16 +219,26 @@ class Tracker:
         buf = self.buffer
         params = ps.order
         grads = [p.grad for p in params if p.grad is not None]
-        if len(grads) == len(params) and ps.identity:
+        if self._sharded is not None:  # FSDP2: measure and clip this rank's shards
+            grads = local_shards(grads)
+        whole = len(grads) == len(params) and ps.identity  # per is the buffer's row itself
+        if whole:
             per = per_param_norms(grads, self.norm_type, out=buf.per_param)
         else:
             params, per = self._partial_norms(grads)
+        measured: Sequence[Tensor] = params
+        if self._sharded is not None:
+            cols = None if whole or not grads else self._present_columns()
+            per = self._global_norms(per, cols)
+            measured = local_shards(measured)
         if grads:  # the norm of the norms of the present gradients, as clip_grad_norm_ does
             torch.linalg.vector_norm(per, self.norm_type, out=buf.pre)
         else:
             buf.pre.zero_()
-        self.clipper.record(grads, params, per, buf.pre, self.norm_type, buf.post, buf.coef,
+        self.clipper.record(grads, measured, per, buf.pre, self.norm_type, buf.post, buf.coef,
                             buf.threshold)
+        if self._sharded is not None and self.clipper.mode in LOCAL_POST_MODES:
+            self._global_post(grads, None if whole or not grads else self._present_columns())
         self._lrs = ps.lrs()
         self._staged = True
         if self.guard.after_measure(buf.pre, grads, self.step_index):
@@ -230,6 +246,10 @@ class Tracker:
         if self.guard.stop_requested:
             self.steering.stop_requested = True
         return False
+
+    def _sharded_norms(self) -> ShardedNorms | None:
+        cols = self.param_set.columns
+        return ShardedNorms(cols, self.device) if is_sharded(cols) else None
 
     @property
     def nonfinite_steps(self) -> int:
@@ -257,6 +277,35 @@ class Tracker:
             full.index_copy_(0, self._present[1], per.to(full.device))
         return [order[i] for i in present], per
 
+    def _present_columns(self) -> Tensor:
+        assert self._present is not None  # set by _partial_norms for this step's gradients
+        return self._present[1]
+
+    def _global_norms(self, per: Tensor, cols: Tensor | None) -> Tensor:
+        """FSDP2: every column's global norm from the local ones, in one all-reduce.
+
+        `cols`: the columns of `per` when it is not the buffer's row (some gradients absent)."""
+        assert self._sharded is not None
+        self._sharded.reduce_(self.buffer.per_param, self.norm_type)
+        if cols is None or per.numel() == 0:
+            return per
+        return self.buffer.per_param.index_select(0, cols)
+
+    def _global_post(self, grads: list[Tensor], cols: Tensor | None) -> None:
+        """Modes whose post-clip norm is measured on the clipped shards: make it global."""
+        assert self._sharded is not None
+        buf = self.buffer
+        full = torch.zeros_like(buf.per_param)
+        if grads:
+            post = per_param_norms(grads, self.norm_type)
+            if cols is None:
+                full.copy_(post)
+            else:
+                full.index_copy_(0, cols, post.to(full.device))
+        torch.linalg.vector_norm(self._sharded.reduce_(full, self.norm_type), self.norm_type,
+                                 out=buf.post)
+        torch.where(buf.pre > 0, buf.post / buf.pre, torch.ones_like(buf.pre), out=buf.coef)
+
     def _relayout(self) -> None:
         """The optimizers' parameters or groups changed: new columns, a new buffer width."""
         ps = self.param_set
@@ -271,6 +320,7 @@ class Tracker:
         if added:
             self.buffer = StepBuffer(self.device, len(ps.columns), self.buffer.capacity)
         self._n_groups = len(ps.groups)
+        self._sharded = self._sharded_norms()
         self.recorder.put(ParamsAdded(list(ps.names), [tuple(ps.columns[i].shape)
                                                        for i in added],
                                       self.step_index, self._n_groups))
@@ -300,7 +350,9 @@ class Tracker:
         buf.commit(self.step_index, self.epoch, self._lrs, self._max_value(), self._max_norm())
         self._staged = False
         self.step_index += 1
-        if buf.full or buf.age() >= self.flush_secs:
+        # Under torch.distributed a hand-over is a collective (the loss mean): age is decided
+        # by rank 0 at an exchange, fullness is the same on every rank.
+        if buf.full or (self._sync is None and buf.age() >= self.flush_secs):
             self.flush(wait=False)
         self.control.boundary(self.step_index)
 
@@ -341,7 +393,7 @@ class Tracker:
                 values[str(key)] = float(value)
             except (TypeError, ValueError):
                 raise ValueError(f"log_eval: {key} = {value!r} is not a number") from None
-        self.flush(wait=False)
+        self._flush_local()
         self.recorder.put(Eval(at, values))
 
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None,
@@ -349,23 +401,34 @@ class Tracker:
         if self._closed:
             self._misuse("event")
         at = self.step_index if step is None else step
-        self.flush(wait=False)
+        self._flush_local()
         self.recorder.put(Event(at, kind, message, data))
 
     def flush(self, wait: bool = True) -> None:
         """Hand buffered steps to the writer; with `wait`, return once they are on disk.
 
-        Raises RecordError if writing the record failed."""
+        Under torch.distributed the loss of the steps handed over is averaged over the ranks
+        here (one all-reduce): while steps are buffered, every rank calls flush() at the same
+        step (an empty buffer communicates nothing). Raises RecordError if writing the record
+        failed."""
         if self._closed:
             self._misuse("flush")
         if self.buffer.n:
             self._latest_row = self.buffer.last_row()  # `latest()` works after the hand-over
+            if self._sync is not None and not self._lone:
+                distributed.mean_over_ranks_(_loss_column(self.buffer))
         batch = self.buffer.take()
         if batch is not None:
             self.recorder.put(Steps(batch))
         if wait:
             self.recorder.barrier()
             self.recorder.check()
+
+    def _flush_local(self) -> None:
+        """Before an event: the steps so far go first, unless that needs the other ranks (an
+        event may be recorded by rank 0 alone); the next common hand-over writes them."""
+        if self._sync is None:
+            self.flush(wait=False)
 
     def latest(self) -> dict[str, Any]:
         """The most recent step's values, for a progress display.
@@ -440,6 +503,8 @@ class Tracker:
         if self._closed or self._closing:
             return
         self._closing = True
+        # After a failure another rank may be gone: the last steps keep this rank's loss.
+        self._lone = state is not None and state != "finished"
         try:
             self.control.close(self.step_index)
             final = state or ("stopped" if self.should_stop else "finished")
@@ -486,8 +551,12 @@ class _ControlHost:
     def __init__(self, tracker: Tracker) -> None:
         self._t = tracker
 
-    def flush(self) -> None:
-        self._t.flush()
+    def flush(self, wait: bool = True) -> None:
+        self._t.flush(wait)
+
+    def flush_due(self) -> bool:
+        buf = self._t.buffer
+        return buf.n > 0 and buf.age() >= self._t.flush_secs
 
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         self._t.event(kind, message, data)
@@ -500,6 +569,11 @@ class _ControlHost:
 
     def resolve(self, command: Command, applied: bool, message: str) -> None:
         self._t.recorder.put(Resolve(command.id, applied, self._t.step_index, message))
+
+
+def _loss_column(buf: StepBuffer) -> Tensor:
+    """The loss of the steps in the buffer (a strided view of its current slot)."""
+    return buf.device_rows[buf.slot][: buf.n, ROW_FIELDS.index("loss")]
 
 
 def _first_device(optimizers: list[Optimizer]) -> torch.device:
