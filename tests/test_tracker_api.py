@@ -151,3 +151,13 @@ def test_clip_options_are_torch_free() -> None:
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/../../b", "x\x1b]0;t\x07"])
+def test_a_name_outside_the_runs_dir_is_refused_and_nothing_is_written(tmp_path: Path,
+                                                                       name: str) -> None:
+    model, opt = make()
+    runs = tmp_path / "runs"
+    with pytest.raises(ValueError):
+        Tracker(model, opt, name=name, runs_dir=runs, quiet=True)
+    assert list(tmp_path.rglob("*")) == []

@@ -179,6 +179,8 @@ class Trainer:
             self._apply_control(key, value)
         self.progress = RunProgress(run_dir.name, s.total_steps, self.step,
                                     enabled=progress and self.lead)
+        # Steering shows on the progress line at once (a paused loop never reaches update()).
+        self.tracker.on_control(self.progress.set_state)
 
     def _apply_control(self, key: str, value: float) -> None:
         """A `--set` on resume: the same change `clipdash ctl set` makes, from this step."""

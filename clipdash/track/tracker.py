@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from clipdash.store.layout import DEFAULT_RUNS_DIR
+from clipdash.store.names import check_run_name, default_run_name
 from clipdash.track import distributed
 from clipdash.track.buffer import ROW_FIELDS, StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
@@ -63,10 +63,6 @@ __all__ = ["ClipOptions", "RecordError", "Tracker", "TrackerError"]
 
 class TrackerError(RuntimeError):
     """The Tracker was used out of order (clip twice in a step, a call after close)."""
-
-
-def default_run_name(prefix: str = "run") -> str:
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class Tracker:
@@ -153,7 +149,9 @@ class Tracker:
         self._latest_row: tuple[Tensor, float, int] | None = None
         self._closed = False
         self._closing = False
-        self.run_dir = Path(run_dir) if run_dir else Path(runs_dir) / (name or default_run_name())
+        # A name is one or more safe path components inside runs_dir (ValueError otherwise).
+        self.run_dir = (Path(run_dir) if run_dir else
+                        Path(runs_dir) / check_run_name(name or default_run_name(), runs_dir))
         sync = None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             sync = distributed.ControlSync(sync_every)
