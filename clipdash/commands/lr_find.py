@@ -7,10 +7,10 @@ then suggested LRs (base and max LR for CyclicLR, a constant LR) and a text plot
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
+from clipdash import jsonfmt
 from clipdash.commands.errors import UsageError
 from clipdash.store.layout import DEFAULT_RUNS_DIR
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if result.failed:
         return 1
     if args.json:
-        print(json.dumps(result.to_json(), indent=1))
+        print(jsonfmt.dumps(result.to_json(), indent=1))
         return 0
     s = result.suggestion
     n = len(result.lrs)

@@ -10,7 +10,6 @@ problem no combination escapes (nothing is written); 130 interrupted (re-run to 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from clipdash import jsonfmt
 from clipdash.commands.errors import UsageError
 from clipdash.store.layout import DEFAULT_RUNS_DIR
 
@@ -193,12 +193,12 @@ def run(args: argparse.Namespace) -> int:
                "runs": [r.to_json() for r in ordered]}
     if plan.folder.is_dir():
         try:
-            (plan.folder / RESULTS_NAME).write_text(json.dumps(payload, indent=1) + "\n")
+            (plan.folder / RESULTS_NAME).write_text(jsonfmt.dumps(payload, indent=1) + "\n")
         except OSError as exc:  # the runs are recorded; only the summary file is missing
             print(f"clipdash sweep: could not write {plan.folder / RESULTS_NAME}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
     if args.json:
-        print(json.dumps(payload, indent=1))
+        print(jsonfmt.dumps(payload, indent=1))
     else:
         print(f"\nresults, ranked by {metric} ({elapsed:.0f}s):")
         for line in table(ordered, metric):

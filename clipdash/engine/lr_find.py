@@ -9,7 +9,6 @@ ordinary run, so `clipdash watch` and TensorBoard show it; it stops early once t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ class LrFindResult:
     def to_json(self) -> dict[str, Any]:
         s = self.suggestion
         return {"run": str(self.run_dir), "lrs": self.lrs,
-                "losses": [v if math.isfinite(v) else None for v in self.losses],
+                "losses": self.losses,  # inf / nan as the strings of clipdash.jsonfmt
                 "stopped_early": self.stopped_early, "steps_per_epoch": self.steps_per_epoch,
                 "suggestion": s.__dict__ if s is not None else None}
 
