@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from clipdash.store.layout import DB_NAME, is_run_dir
 from clipdash.store.lock import RunLock, acquire
 from clipdash.store.writer import RunWriter
+from clipdash.track.alerts import METRICS, Alert, AlertOptions, SpikeWatch
 from clipdash.track.items import (
     Barrier,
     Close,
@@ -37,6 +38,7 @@ from clipdash.track.items import (
     ParamsAdded,
     RejectPending,
     Resolve,
+    Rewind,
     State,
     Steps,
 )
@@ -115,6 +117,7 @@ class Setup:
     per_param_scalars: bool
     record_params: bool
     nonfinite_events: bool = False  # the writer reports non-finite streaks (device skip)
+    alerts: AlertOptions | None = None  # the writer checks every step for spikes (alerts.py)
 
 
 class Recorder(threading.Thread):
@@ -139,6 +142,9 @@ class Recorder(threading.Thread):
         self._seen_commands: set[int] = set()
         self._last_beat = 0.0
         self._last_poll = 0.0
+        self.watch = SpikeWatch(setup.alerts) if setup.alerts and setup.record else None
+        self.last_alert: int | None = None  # the step of the latest alert
+        self._checked = threading.Condition()
         if setup.record:
             self._open_store()
 
@@ -292,6 +298,8 @@ class Recorder(threading.Thread):
                 sink.write_steps(cols)
             if self.setup.nonfinite_events:
                 self._nonfinite_events(cols)
+            if self.watch is not None:
+                self._alert(self.watch.check(cols))
             return
         if self.error is not None:
             return  # the run is marked failed: later records would describe a broken run
@@ -321,6 +329,47 @@ class Recorder(threading.Thread):
                 sink.set_param_names(item.names)
         elif isinstance(item, RejectPending):
             self.store.reject_pending(item.message)
+        elif isinstance(item, Rewind):
+            self._rewind(item.step)
+
+    # -- alerts and rewinds -----------------------------------------------------------------
+
+    def _alert(self, alerts: list[Alert]) -> None:
+        """Record each alert; one command per alerted step when the action steers the run
+        (the training thread applies it at its next boundary, like a `clipdash ctl` command)."""
+        assert self.watch is not None
+        options = self.watch.options
+        steps: list[int] = []
+        for alert in alerts:
+            self._handle(Event(alert.step, "alert", alert.message, alert.data))
+            self.last_alert = alert.step
+            if options.steers and alert.step not in steps:
+                steps.append(alert.step)
+                self.inbox.append(Command(0, "alert", options.action, str(alert.step),
+                                          str(options.rewind_skip)))
+        with self._checked:
+            self._checked.notify_all()
+
+    def wait_checked(self, step: int) -> None:
+        """Return once step `step` was checked for alerts (or the writer cannot check it)."""
+        watch = self.watch
+        if watch is None:
+            return
+        with self._checked:
+            while watch.checked < step and self.error is None and self.is_alive():
+                self._checked.wait(BARRIER_POLL_S)
+
+    def _rewind(self, step: int) -> None:
+        """The run continues from the state after `step` steps: what was recorded from `step`
+        on is replaced (the alerts and rewind events stay), in the store and in TensorBoard."""
+        assert self.store is not None
+        self.store.truncate_after(step - 1, keep=("resume", "alert", "rewind"))
+        for sink in self.sinks:
+            if hasattr(sink, "purge"):
+                sink.purge(step)
+        if self.watch is not None:
+            metrics = [metric for metric, _ in METRICS]
+            self.watch.reset(self.store.history(metrics, step, self.watch.options.window), step)
 
     def _nonfinite_events(self, cols: dict[str, Any]) -> None:
         """One event per streak of non-finite steps, from the record (the device skipped them:
