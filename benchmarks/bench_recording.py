@@ -56,7 +56,7 @@ def run_tracker(run_dir: Path, steps: int, n_params: int, *, tensorboard: bool =
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = torch.tensor(1.0)
     tracker = clipdash.Tracker(model, opt, run_dir=run_dir, max_norm=1.0,
-                               tensorboard=tensorboard, record_params=record_params)
+                               tensorboard=tensorboard, record_params=record_params, quiet=True)
     t0 = time.perf_counter()
     for _ in range(steps):
         tracker.clip()
@@ -67,31 +67,38 @@ def run_tracker(run_dir: Path, steps: int, n_params: int, *, tensorboard: bool =
     return elapsed
 
 
-def run_add_scalar(run_dir: Path, steps: int, n_params: int) -> float:
-    writer = SummaryWriter(str(run_dir))
+def _timed_writes(writer: SummaryWriter | EventFileWriter, steps: int, n_params: int,
+                  write_step: Callable[[list[str], int], None]) -> float:
+    """Seconds to write `steps` steps of STEP_FIELDS + n_params numbers and flush them."""
     tags = [f"v/{i}" for i in range(STEP_FIELDS + n_params)]
     t0 = time.perf_counter()
     for step in range(steps):
-        for tag in tags:
-            writer.add_scalar(tag, 0.5, step)
+        write_step(tags, step)
     writer.flush()
     elapsed = time.perf_counter() - t0
     writer.close()
     return elapsed
+
+
+def run_add_scalar(run_dir: Path, steps: int, n_params: int) -> float:
+    writer = SummaryWriter(str(run_dir))
+
+    def write_step(tags: list[str], step: int) -> None:
+        for tag in tags:
+            writer.add_scalar(tag, 0.5, step)
+
+    return _timed_writes(writer, steps, n_params, write_step)
 
 
 def run_event_writer(run_dir: Path, steps: int, n_params: int) -> float:
     writer = EventFileWriter(str(run_dir))
-    tags = [f"v/{i}" for i in range(STEP_FIELDS + n_params)]
-    t0 = time.perf_counter()
-    for step in range(steps):
+
+    def write_step(tags: list[str], step: int) -> None:
         summary = summary_pb2.Summary(
             value=[summary_pb2.Summary.Value(tag=t, simple_value=0.5) for t in tags])
         writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-    writer.flush()
-    elapsed = time.perf_counter() - t0
-    writer.close()
-    return elapsed
+
+    return _timed_writes(writer, steps, n_params, write_step)
 
 
 def store_bytes_per_step(tmp: Path, steps: int, n_params: int, record_params: bool) -> float:

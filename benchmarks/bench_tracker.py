@@ -137,7 +137,7 @@ def tracked(w: Workload) -> Setup:
     def setup(tmp: Path) -> tuple[Callable[[int], None], Callable[[], None]]:
         model, opt = w.fresh()
         tracker = clipdash.Tracker(model, opt, run_dir=tmp / "tracker", max_norm=MAX_NORM,
-                                   tensorboard=True, record_params=True)
+                                   tensorboard=True, record_params=True, quiet=True)
         step = 0
 
         def run(steps: int) -> None:
