@@ -42,6 +42,8 @@ class RunSummary:
     started: float | None
     heartbeat: float | None
     message: str | None
+    alerts: int = 0
+    """Spike alerts recorded (events of kind `alert`)."""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -136,6 +138,8 @@ class RunReader:
             started=st.get("started"),
             heartbeat=st.get("heartbeat"),
             message=st.get("message"),
+            alerts=self.conn.execute(
+                "SELECT COUNT(*) FROM events WHERE kind = 'alert'").fetchone()[0],
         )
 
     def last_step(self) -> int | None:

@@ -1,0 +1,271 @@
+"""Spike alerts and rewind: the detector against a float64 recomputation, and real runs of a
+plug-in model whose training forward pass number K is scaled 40x (a spike no schedule explains)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from spike_model import make_model
+from trainer_proc import query, steps_table, tensorboard_scalars, tensorboard_texts, wait_until
+
+from clipdash import control
+from clipdash.store.reader import RunReader
+from clipdash.track.alerts import AlertOptions, AlertOptionsError, SpikeWatch
+from clipdash.track.tracker import Tracker
+
+K = 157  # the spiked forward pass (= step: one training pass per step)
+STEPS = 240
+JOIN_S = 60.0
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def alerts(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = query(run_dir, "SELECT step, data FROM events WHERE kind = 'alert' ORDER BY id")
+    return [(s, json.loads(d)) for s, d in rows]
+
+
+def events(run_dir: Path, kind: str) -> list[tuple[int, str, dict[str, Any]]]:
+    rows = query(run_dir, "SELECT step, message, data FROM events WHERE kind = ? ORDER BY id",
+                 (kind,))
+    return [(s, m, json.loads(d) if d else {}) for s, m, d in rows]
+
+
+# -- options -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "names"), [
+    ({"loss_spike": -1.0}, "loss_spike"), ({"grad_spike": math.inf}, "grad_spike"),
+    ({"grad_spike": "6"}, "grad_spike"), ({"window": 1}, "window"), ({"window": 2.5}, "window"),
+    ({"nonfinite_streak": -1}, "nonfinite_streak"), ({"action": "halt"}, "action"),
+    ({"rewind_skip": True}, "rewind_skip"),
+])
+def test_bad_options_name_the_key(kwargs: dict[str, Any], names: str) -> None:
+    with pytest.raises(AlertOptionsError, match=names):
+        AlertOptions(**kwargs)
+
+
+def test_build_from_tracker_arguments() -> None:
+    assert AlertOptions.build(None) == AlertOptions()
+    assert AlertOptions.build(False) is None
+    assert AlertOptions.build({"window": 20}).window == 20
+    with pytest.raises(AlertOptionsError, match="unknown alert option 'windw'"):
+        AlertOptions.build({"windw": 20})
+
+
+# -- the detector ---------------------------------------------------------------------------------
+
+
+def cols(loss: np.ndarray, grad: np.ndarray | None = None, start: int = 0) -> dict[str, Any]:
+    n = len(loss)
+    return {"step": np.arange(start, start + n), "loss": loss,
+            "grad_norm_pre": np.ones(n) if grad is None else grad}
+
+
+def test_z_score_is_against_the_window_before_the_spike() -> None:
+    rng = np.random.default_rng(0)
+    loss = 2.0 + 0.1 * rng.standard_normal(400)
+    loss[250] *= 40
+    watch = SpikeWatch(AlertOptions(grad_spike=0, window=100))
+    found = watch.check(cols(loss[:123])) + watch.check(cols(loss[123:], start=123))
+    assert [(a.step, a.metric) for a in found] == [(250, "loss")]
+    base = loss[150:250]  # float64, numpy's own std: the 100 values before the spike
+    assert found[0].z == pytest.approx((loss[250] - base.mean()) / base.std(), rel=1e-9)
+    assert found[0].data == {"metric": "loss", "value": loss[250], "z": found[0].z,
+                             "threshold": 6.0}
+    assert watch.checked == 399
+
+
+def test_no_alert_before_the_window_is_full_and_one_per_excursion() -> None:
+    loss = np.ones(300) + 0.01 * np.sin(np.arange(300))
+    loss[50] = 100.0  # before 100 values of history: not judged
+    loss[200:205] = 100.0  # one excursion of five steps: one alert
+    loss[260] = 100.0  # after coming back under the threshold: a new alert
+    watch = SpikeWatch(AlertOptions(grad_spike=0))
+    assert [a.step for a in watch.check(cols(loss))] == [200, 260]
+
+
+def test_nonfinite_streak() -> None:
+    grad = np.ones(60)
+    grad[10:15] = np.nan  # 5: under the streak of 10
+    grad[30:45] = np.inf  # 15: one alert, at the 10th
+    found = SpikeWatch(AlertOptions(window=100)).check(cols(np.ones(60), grad))
+    assert [(a.step, a.metric, a.value, a.z) for a in found] == [(39, "nonfinite", 10.0, None)]
+
+
+# -- a hand-written loop --------------------------------------------------------------------------
+
+
+class Loop:
+    """A hand-written loop on the spike model: SGD with momentum on a small regression."""
+
+    def __init__(self, run_dir: Path, spike_at: int = K, **tracker: Any) -> None:
+        torch.manual_seed(0)
+        self.x = torch.randn(640, 8)
+        self.y = torch.sin(2 * self.x[:, :2])
+        self.model = make_model(8, 2, spike_at)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+        self.tracker = Tracker(self.model, self.opt, run_dir=run_dir, max_norm=1.0,
+                               quiet=True, **tracker)
+        self.snapshots: dict[int, dict[str, Any]] = {}
+        self.batch = 0  # the data position
+        self.skipped = 0
+
+    def save(self) -> None:
+        self.snapshots[self.tracker.step_index] = {
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "opt": self.opt.state_dict(), "batch": self.batch}
+
+    def restore(self, before: int, skip: int) -> int | None:
+        saved = [s for s in self.snapshots if s <= before]
+        if not saved:
+            return None
+        at = max(saved)
+        self.model.load_state_dict(self.snapshots[at]["model"])
+        self.opt.load_state_dict(self.snapshots[at]["opt"])
+        self.batch = self.snapshots[at]["batch"] + skip
+        self.skipped += skip
+        return at
+
+    def train(self, steps: int = STEPS, save_every: int = 0) -> None:
+        t = self.tracker
+        with t:
+            while t.step_index < steps and not t.should_stop:
+                if save_every and t.step_index % save_every == 0:
+                    self.save()
+                i = (self.batch * 16) % 640
+                self.batch += 1
+                self.opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(self.model(self.x[i:i + 16]),
+                                                    self.y[i:i + 16])
+                loss.backward()
+                if t.clip():
+                    self.opt.step()
+                t.step(loss)
+
+
+def test_alert_exactly_at_the_spike_in_store_tensorboard_and_ls(tmp_path: Path,
+                                                               capsys: Any) -> None:
+    run_dir = tmp_path / "hand"
+    Loop(run_dir).train()
+    found = alerts(run_dir)
+    assert [(s, d["metric"]) for s, d in found] == [(K, "loss"), (K, "grad_norm_pre")]
+    losses = [row[1] for row in steps_table(run_dir, "step, loss")]
+    loss = found[0][1]
+    assert loss["value"] == pytest.approx(losses[K], rel=1e-6)
+    base = np.asarray(losses[K - 100:K])  # float64 recomputation from the record
+    assert loss["z"] == pytest.approx((losses[K] - base.mean()) / base.std(), rel=1e-6)
+    assert loss["z"] > 100 and loss["threshold"] == 6.0
+    texts = [(s, t) for s, t in tensorboard_texts(run_dir) if t.startswith("[alert]")]
+    assert [s for s, _ in texts] == [K, K]
+    from clipdash.cli import main
+
+    assert main(["ls", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["alerts"] == 2
+    assert main(["ls", str(tmp_path)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[-1] == "ALERTS" and row.split()[-1] == "2"
+
+
+def test_a_healthy_run_raises_no_alert(tmp_path: Path) -> None:
+    Loop(tmp_path / "healthy", spike_at=-1).train(400)
+    assert alerts(tmp_path / "healthy") == []
+
+
+def _train_in_thread(loop: Loop, **kwargs: Any) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            loop.train(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def _join(thread: threading.Thread) -> None:
+    thread.join(JOIN_S)
+    assert not thread.is_alive(), "the training thread did not end"
+    assert not thread.errors, thread.errors  # type: ignore[attr-defined]
+
+
+def _status(run_dir: Path) -> str:
+    with RunReader(run_dir) as reader:
+        return reader.status()
+
+
+def test_pause_lands_at_the_spike_or_the_step_after(tmp_path: Path) -> None:
+    run_dir = tmp_path / "pause"
+    loop = Loop(run_dir, alerts={"action": "pause"})
+    thread = _train_in_thread(loop)
+    wait_until(lambda: _status(run_dir) == "paused", JOIN_S, "the alert's pause")
+    last = query(run_dir, "SELECT MAX(step) FROM steps")[0][0]
+    assert last in (K, K + 1)
+    (step, message, data), = events(run_dir, "control")
+    assert step == last + 1 and data["action"] == "pause" and data["source"] == "alert"
+    assert f"alert at step {K}" in message
+    control.stop(run_dir)
+    _join(thread)
+    assert _status(run_dir) == "stopped"
+
+
+def test_rewind_replaces_the_record_from_the_snapshot(tmp_path: Path) -> None:
+    run_dir = tmp_path / "rewind"
+    loop = Loop(run_dir, alerts={"action": "rewind", "rewind_skip": 3},
+                on_rewind=lambda before, skip: loop.restore(before, skip))
+    loop.train(save_every=20)
+    assert loop.skipped == 3
+    rows = steps_table(run_dir, "step, loss")
+    assert [s for s, _ in rows] == list(range(STEPS)), "one row per step"
+    losses = np.asarray([v for _, v in rows])
+    assert losses[K] < 3 * np.median(losses[K - 50:K]), "a normal loss at the spiked step"
+    assert [s for s, _ in alerts(run_dir)] == [K, K]
+    (step, message, data), = events(run_dir, "rewind")
+    assert (step, data["to"], data["skip"], data["before"]) == (140, 140, 3, K)
+    assert data["from"] in (K + 1, K + 2) and "rewound from step" in message
+    board = tensorboard_scalars(run_dir, "loss/train")
+    assert [s for s, _ in board] == list(range(STEPS)), "TensorBoard: one value per step"
+    assert board[K][1] == pytest.approx(losses[K], rel=1e-6)
+
+
+def test_rewind_without_a_snapshot_pauses_instead(tmp_path: Path) -> None:
+    run_dir = tmp_path / "nosnap"
+    loop = Loop(run_dir, alerts={"action": "rewind"},
+                on_rewind=lambda before, skip: loop.restore(before, skip))
+    thread = _train_in_thread(loop)  # no snapshots are saved
+    wait_until(lambda: _status(run_dir) == "paused", JOIN_S, "the fallback pause")
+    (step, message, data), = events(run_dir, "control")
+    assert data["action"] == "pause" and f"no checkpoint at or before step {K}" in message
+    control.stop(run_dir)
+    _join(thread)
+
+
+def test_a_loop_without_the_hook_refuses_ctl_rewind_and_pauses_on_alerts(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "nohook"
+    loop = Loop(run_dir, alerts={"action": "rewind"})
+    thread = _train_in_thread(loop)
+    wait_until(lambda: _status(run_dir) == "paused", JOIN_S, "the fallback pause")
+    assert "not supported here" in events(run_dir, "control")[0][1]
+    with pytest.raises(control.ControlError, match="cannot rewind"):
+        control.rewind(run_dir)
+    control.stop(run_dir)
+    _join(thread)
