@@ -30,6 +30,7 @@ class RunRow:
     loss_spark: tuple[Num, ...] = ()  # bucket means over the whole run
     norm_spark: tuple[Num, ...] = ()  # bucket maxima over the whole run
     message: str | None = None
+    alerts: int = 0  # spike alerts recorded
 
 
 @dataclass(frozen=True)

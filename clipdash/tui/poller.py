@@ -103,7 +103,7 @@ class RunWatch:
         if last != self.last_step or not self.values:
             s = reader.summary()
             self.values = {"step": s.step, "loss": s.loss, "grad_norm": s.grad_norm_pre,
-                           "max_norm": s.max_norm, "lr": s.lr,
+                           "max_norm": s.max_norm, "lr": s.lr, "alerts": s.alerts,
                            "clip_rate": reader.recent_rate("clipped", CLIP_WINDOW),
                            "rate": reader.step_rate(RATE_WINDOW)}
             self.last_step = last
@@ -142,7 +142,8 @@ class RunWatch:
             total=st.get("total_steps"), rate=v.get("rate") if status == "running" else None,
             loss=v.get("loss"), grad_norm=v.get("grad_norm"), clip_rate=v.get("clip_rate"),
             max_norm=v.get("max_norm"), lr=v.get("lr"), loss_spark=self.spark_vals[0],
-            norm_spark=self.spark_vals[1], message=self.error or st.get("message"))
+            norm_spark=self.spark_vals[1], message=self.error or st.get("message"),
+            alerts=v.get("alerts") or 0)
 
 
 class CompareWatch:

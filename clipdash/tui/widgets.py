@@ -26,6 +26,8 @@ EVENT_STYLES = {
     "control": ("▲", "bold cyan"),
     "nonfinite": ("✖", "bold red"),
     "checkpoint": ("◆", "green"),
+    "alert": ("!", "bold red reverse"),
+    "rewind": ("↺", "bold magenta"),
 }
 
 
@@ -72,8 +74,7 @@ def _right(text: str, style: str = "") -> Text:
 def row_cells(row: RunRow, marked: bool = False) -> tuple[Text, ...]:
     clip = "-" if row.clip_rate is None else f"{row.clip_rate * 100:.0f}%"
     return (
-        Text(("● " if marked else "  ") + elide(row.name, 28, keep="middle"),
-             style="bold" if marked else ""),
+        _name_cell(row, marked),
         Text(row.status, style=STATUS_STYLES.get(row.status, "")),
         _right(fmt_step(row.step, row.total)),
         _right(fmt_num(row.loss)),
@@ -85,6 +86,15 @@ def row_cells(row: RunRow, marked: bool = False) -> tuple[Text, ...]:
         _right(fmt_num(row.lr)),
         _right(fmt_num(row.rate, 5)),
     )
+
+
+def _name_cell(row: RunRow, marked: bool) -> Text:
+    """The run's name; a run with spike alerts stands out (`!N`, the count, in red)."""
+    text = Text(("● " if marked else "  ") + elide(row.name, 28, keep="middle"),
+                style="bold" if marked else "")
+    if row.alerts:
+        text.append(f" !{row.alerts}", style="bold red")
+    return text
 
 
 def run_headline(row: RunRow | None, path: str) -> Text:
