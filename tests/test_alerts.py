@@ -279,3 +279,78 @@ def test_run_list_and_timeline_mark_alerts() -> None:
     assert quiet.plain.strip() == "exp" and alerted.plain.strip() == "exp !2"
     assert "red" in str(alerted.spans[-1].style)
     assert event_marker(K, "alert").char == "!" and event_marker(K, "checkpoint").char != "!"
+
+
+# -- clipdash run ---------------------------------------------------------------------------------
+
+RUN_CONFIG = """\
+seed = 0
+device = "cpu"
+[model]
+kind = "spike_model:make_model"
+in_dim = 8
+out_dim = 1
+spike_at = {k}
+[data]
+kind = "regression"
+batch_size = 16
+n_samples = 640
+input_dim = 8
+output_dim = 1
+[optimizer]
+name = "SGD"
+lr = 0.05
+momentum = 0.9
+[train]
+max_steps = {steps}
+eval_every = 1000
+checkpoint_every = 20
+[alerts]
+action = "{action}"
+rewind_skip = {skip}
+"""
+
+
+def clipdash_run(tmp_path: Path, name: str, action: str, skip: int = 0, k: int = K) -> Path:
+    from clipdash.cli import main
+
+    config = tmp_path / f"{name}.toml"
+    config.write_text(RUN_CONFIG.format(k=k, steps=STEPS, action=action, skip=skip))
+    assert main(["run", str(config), "--runs-dir", str(tmp_path), "--name", name,
+                 "--no-progress"]) == 0
+    return tmp_path / name
+
+
+def test_clipdash_run_rewinds_to_the_checkpoint_before_the_spike(tmp_path: Path) -> None:
+    run_dir = clipdash_run(tmp_path, "rewind", "rewind", skip=5)
+    rows = steps_table(run_dir, "step, loss, epoch")
+    assert [r[0] for r in rows] == list(range(STEPS)), "one row per step"
+    losses = np.asarray([r[1] for r in rows])
+    assert losses[K] < 3 * np.median(losses[K - 50:K]), "a normal loss at the spiked step"
+    assert [s for s, _ in alerts(run_dir)] == [K, K]
+    (step, _, data), = events(run_dir, "rewind")
+    assert (step, data["to"], data["skip"]) == (140, 140, 5) and data["from"] in (K + 1, K + 2)
+    board = tensorboard_scalars(run_dir, "loss/train")
+    assert [s for s, _ in board] == list(range(STEPS))
+    assert board[K][1] == pytest.approx(losses[K], rel=1e-6)
+    with RunReader(run_dir) as reader:
+        assert reader.status() == "finished"
+
+
+def test_rewind_restores_the_checkpoint_state_exactly(tmp_path: Path) -> None:
+    # The steps after a rewind with skip 0 are the steps of a run that never spiked, resumed
+    # from the same checkpoint: the spike model at a pass it never reaches gives that run.
+    rewound = steps_table(clipdash_run(tmp_path, "rw", "rewind"), "step, loss")
+    clean = steps_table(clipdash_run(tmp_path, "clean", "event", k=-1), "step, loss")
+    assert rewound[:K] == clean[:K]
+    assert [r[1] for r in rewound[140:145]] == pytest.approx([r[1] for r in clean[140:145]],
+                                                             rel=1e-5)
+
+
+def test_stop_action_stops_with_a_checkpoint(tmp_path: Path) -> None:
+    run_dir = clipdash_run(tmp_path, "stop", "stop")
+    last = query(run_dir, "SELECT MAX(step) FROM steps")[0][0]
+    assert last in (K, K + 1)
+    with RunReader(run_dir) as reader:
+        assert reader.status() == "stopped"
+    assert (run_dir / "checkpoints" / f"step-{last + 1:09d}.pt").is_file()

@@ -46,9 +46,18 @@ def save(run_dir: Path, state: dict[str, Any], step: int) -> Path:
     return path
 
 
-def latest(run_dir: Path) -> Path | None:
+def latest(run_dir: Path, at_most: int | None = None) -> Path | None:
+    """The newest checkpoint, or the newest taken after at most `at_most` steps."""
     found = sorted(checkpoint_dir(run_dir).glob("step-*.pt"))
+    if at_most is not None:
+        found = [p for p in found if (step := step_of(p)) is not None and step <= at_most]
     return found[-1] if found else None
+
+
+def step_of(path: Path) -> int | None:
+    """N of step-N.pt (None for a name that is not a checkpoint's)."""
+    digits = path.stem.removeprefix("step-")
+    return int(digits) if digits.isdigit() else None
 
 
 def load(path: Path) -> dict[str, Any]:

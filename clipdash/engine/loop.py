@@ -98,6 +98,7 @@ class Trainer:
         self.last_eval_step = -1
         self.tracker_state: dict[str, Any] | None = None
         self.restored_from: Path | None = None  # the checkpoint a resumed run continues from
+        self.rewound = False  # a rewind restored a checkpoint inside tracker.step()
         self.lead = ranks.is_leader()  # records, checkpoints and shows progress
         if resume:
             self._restore()
@@ -108,7 +109,8 @@ class Trainer:
             max_value=clip.max_value, nonfinite=clip.nonfinite,
             clip_options=clip.adaptive_options(), total_steps=s.total_steps,
             per_param_scalars=clip.per_param_scalars, checkpoint=self._checkpoint,
-            start_step=self.step, resume=resume, meta=meta)
+            start_step=self.step, resume=resume, meta=meta, alerts=s.cfg.alerts,
+            on_rewind=self._rewind)
         if self.tracker_state:
             self.tracker.load_state_dict(self.tracker_state)
         if resume and self.restored_from is not None:
@@ -147,8 +149,25 @@ class Trainer:
     def _restore(self) -> None:
         """Load the latest checkpoint; without one the run starts over in the same directory."""
         path = checkpoint.latest(self.run_dir)
+        if path is not None:
+            self._load(path)
+
+    def _rewind(self, before: int, skip: int) -> int | None:
+        """Tracker(on_rewind=...): back to the newest checkpoint after at most `before` steps,
+        in this process, then `skip` batches further; the loop restarts its data there."""
+        path = checkpoint.latest(self.run_dir, at_most=before)
         if path is None:
-            return
+            return None
+        self._load(path)
+        if self.tracker_state:
+            self.tracker.load_state_dict(self.tracker_state)
+        epoch, batch = self.position
+        per_epoch = self.s.steps_per_epoch
+        self.position = (epoch + (batch + skip) // per_epoch, (batch + skip) % per_epoch)
+        self.rewound = True
+        return self.step
+
+    def _load(self, path: Path) -> None:
         s = self.s
         try:
             state = checkpoint.load(path)
@@ -202,6 +221,9 @@ class Trainer:
                     s.driver.after_epoch(epoch, self.last_val)
                 self.position = (epoch + 1, 0) if last_in_epoch else (epoch, batch_idx + 1)
                 tracker.step(loss, epoch)
+                if self.rewound:  # tracker.step() restored a checkpoint: new data position
+                    self.rewound = False
+                    break
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self._checkpoint("periodic")
                 if self.progress.due():
