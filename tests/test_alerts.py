@@ -18,6 +18,7 @@ from trainer_proc import query, steps_table, tensorboard_scalars, tensorboard_te
 
 from clipdash import control
 from clipdash.store.reader import RunReader
+from clipdash.store.schema import StoreError
 from clipdash.track.alerts import AlertOptions, AlertOptionsError, SpikeWatch
 from clipdash.track.tracker import Tracker
 
@@ -208,8 +209,11 @@ def _join(thread: threading.Thread) -> None:
 
 
 def _status(run_dir: Path) -> str:
-    with RunReader(run_dir) as reader:
-        return reader.status()
+    try:
+        with RunReader(run_dir) as reader:
+            return reader.status()
+    except StoreError:  # the trainer is creating it right now
+        return "not started"
 
 
 def test_pause_lands_at_the_spike_or_the_step_after(tmp_path: Path) -> None:
@@ -354,3 +358,47 @@ def test_stop_action_stops_with_a_checkpoint(tmp_path: Path) -> None:
     with RunReader(run_dir) as reader:
         assert reader.status() == "stopped"
     assert (run_dir / "checkpoints" / f"step-{last + 1:09d}.pt").is_file()
+
+
+def test_ctl_rewind_a_paused_run(tmp_path: Path, capsys: Any) -> None:
+    from clipdash.cli import main
+
+    config = tmp_path / "cfg.toml"
+    config.write_text(RUN_CONFIG.format(k=K, steps=STEPS, action="pause", skip=0))
+    run_dir = tmp_path / "ctl"
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(main([
+        "run", str(config), "--runs-dir", str(tmp_path), "--name", "ctl", "--no-progress"])),
+        daemon=True)
+    thread.start()
+    wait_until(lambda: _status(run_dir) == "paused", JOIN_S, "the alert's pause")
+    capsys.readouterr()
+    assert main(["ctl", str(run_dir), "rewind", "--to", "-1"]) == 2
+    assert "--to: must be >= 0" in capsys.readouterr().err
+    assert main(["ctl", str(run_dir), "pause", "--skip", "2"]) == 2
+    assert main(["ctl", str(run_dir), "rewind", "--skip", "2"]) == 0
+    assert "applied at step 140: rewound from step" in capsys.readouterr().out
+    thread.join(JOIN_S)
+    assert not thread.is_alive() and codes == [0]
+    assert [r[0] for r in steps_table(run_dir, "step")] == list(range(STEPS))
+    (_, _, data), = events(run_dir, "rewind")
+    assert (data["to"], data["skip"], data["source"]) == (140, 2, "cli")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("window = 1", "alerts.window: must be an integer >= 2, got 1"),
+    ("", "alerts.action: must be one of event, pause, stop, rewind, got 'halt'"),
+    ("loss_spike = -2.0", "alerts.loss_spike: must be a finite number >= 0"),
+    ("rewind_skp = 3", "alerts.rewind_skp: unknown key"),
+])
+def test_bad_alerts_config_is_one_line_and_exit_2(tmp_path: Path, capsys: Any, line: str,
+                                                  message: str) -> None:
+    from clipdash.cli import main
+
+    config = tmp_path / "bad.toml"
+    action = "event" if line else "halt"
+    config.write_text(RUN_CONFIG.format(k=K, steps=STEPS, action=action, skip=0) + line + "\n")
+    assert main(["run", str(config), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(config) in err and message in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
