@@ -84,8 +84,9 @@ def test_z_score_is_against_the_window_before_the_spike() -> None:
     watch = SpikeWatch(AlertOptions(grad_spike=0, window=100))
     found = watch.check(cols(loss[:123])) + watch.check(cols(loss[123:], start=123))
     assert [(a.step, a.metric) for a in found] == [(250, "loss")]
-    base = loss[150:250]  # float64, numpy's own std: the 100 values before the spike
-    assert found[0].z == pytest.approx((loss[250] - base.mean()) / base.std(), rel=1e-9)
+    base = np.log(loss[150:250])  # float64, numpy's own std: the 100 values before the spike
+    assert found[0].z == pytest.approx((np.log(loss[250]) - base.mean()) / base.std(),
+                                       rel=1e-9)
     assert found[0].data == {"metric": "loss", "value": loss[250], "z": found[0].z,
                              "threshold": 6.0}
     assert watch.checked == 399
@@ -168,8 +169,9 @@ def test_alert_exactly_at_the_spike_in_store_tensorboard_and_ls(tmp_path: Path,
     losses = [row[1] for row in steps_table(run_dir, "step, loss")]
     loss = found[0][1]
     assert loss["value"] == pytest.approx(losses[K], rel=1e-6)
-    base = np.asarray(losses[K - 100:K])  # float64 recomputation from the record
-    assert loss["z"] == pytest.approx((losses[K] - base.mean()) / base.std(), rel=1e-6)
+    base = np.log(losses[K - 100:K])  # float64 recomputation from the record
+    assert loss["z"] == pytest.approx((np.log(losses[K]) - base.mean()) / base.std(),
+                                      rel=1e-6)
     assert loss["z"] > 100 and loss["threshold"] == 6.0
     texts = [(s, t) for s, t in tensorboard_texts(run_dir) if t.startswith("[alert]")]
     assert [s for s, _ in texts] == [K, K]

@@ -24,9 +24,12 @@ import numpy as np
 
 ACTIONS = ("event", "pause", "stop", "rewind")
 METRICS = (("loss", "loss_spike"), ("grad_norm_pre", "grad_spike"))
-# The spread never counts as smaller than this fraction of the mean: a series that is flat for
+# The z-scores are of log(value): losses and gradient norms are positive and heavy-tailed (a
+# smaller last batch of an epoch doubles the norm), so a spike is a factor, not a difference.
+# On the examples, z of the plain values raised 74 alerts in 20k healthy steps, z of the logs 2.
+# The spread of the logs never counts as less than this (2%): a series that is flat for
 # `window` steps must not alert on a move of a few percent.
-RELATIVE_STD_FLOOR = 0.02
+LOG_STD_FLOOR = 0.02
 RESUM_EVERY = 10  # windows; re-adding the ring bounds the float drift of the running sums
 
 
@@ -39,11 +42,11 @@ class AlertOptions:
     """What raises an alert and what it does (the `[alerts]` config section)."""
 
     loss_spike: float = 6.0
-    """z-score of the loss against its last `window` finite values that raises an alert; 0: off."""
+    """z-score of log(loss) against its last `window` values that raises an alert; 0: off."""
     grad_spike: float = 6.0
-    """The same for the pre-clip total gradient norm; 0: off."""
+    """The same for log of the pre-clip total gradient norm; 0: off."""
     window: int = 100
-    """Steps of history the z-scores use; no spike alert before this many finite values."""
+    """Steps of history the z-scores use; no spike alert before this many finite values > 0."""
     nonfinite_streak: int = 10
     """This many consecutive steps with a non-finite loss or gradient norm alert; 0: off."""
     action: str = "event"
@@ -113,12 +116,12 @@ class Alert:
     def message(self) -> str:
         if self.z is None:
             return (f"{int(self.value)} consecutive non-finite steps up to step {self.step}")
-        return (f"{self.metric} spike at step {self.step}: {self.value:.4g} is {self.z:.1f} "
-                f"std above its recent mean (threshold {self.threshold:g})")
+        return (f"{self.metric} spike at step {self.step}: {self.value:.4g}, z = {self.z:.1f} "
+                f"(of its log against the last steps; threshold {self.threshold:g})")
 
 
 class RollingStats:
-    """Mean and standard deviation of the last `window` values, O(1) per value (a ring)."""
+    """Mean and standard deviation (floored) of the last `window` values, O(1) per value."""
 
     def __init__(self, window: int) -> None:
         self.window = window
@@ -139,14 +142,13 @@ class RollingStats:
     def z(self, x: float) -> float:
         mean = self.total / self.n
         var = max(self.squares / self.n - mean * mean, 0.0)
-        std = max(math.sqrt(var), RELATIVE_STD_FLOOR * abs(mean), 1e-12)
-        return (x - mean) / std
+        return (x - mean) / max(math.sqrt(var), LOG_STD_FLOOR)
 
     def bound(self, z: float) -> float:
         """The value `z` std above the mean (what a spike enters the history as)."""
         mean = self.total / self.n
         var = max(self.squares / self.n - mean * mean, 0.0)
-        return mean + z * max(math.sqrt(var), RELATIVE_STD_FLOOR * abs(mean), 1e-12)
+        return mean + z * max(math.sqrt(var), LOG_STD_FLOOR)
 
     def add(self, x: float) -> None:
         if self.n == self.window:
@@ -169,7 +171,8 @@ class RollingStats:
 class SpikeWatch:
     """Checks recorded steps in order against the options; returns the alerts they raise.
 
-    The spike itself is never part of its own baseline, and a value over the threshold enters
+    Each metric's history is the logs of its last `window` finite values > 0 (a value <= 0 is
+    a fall, never a spike, and is not judged). The spike itself is never part of its own baseline, and a value over the threshold enters
     the history clipped to the threshold, so one spike does not blind the check for the next
     `window` steps. One alert per metric per excursion: the metric must come back under its
     threshold before it alerts again.
@@ -187,8 +190,8 @@ class SpikeWatch:
         for metric, stats in self.stats.items():
             stats.clear()
             for value in history.get(metric, [])[-stats.window:]:
-                if math.isfinite(value):
-                    stats.add(value)
+                if math.isfinite(value) and value > 0:
+                    stats.add(math.log(value))
         self.over = dict.fromkeys(self.stats, False)
         self.streak = 0
         self.checked = next_step - 1
@@ -216,14 +219,17 @@ class SpikeWatch:
 
     def _check_value(self, step: int, metric: str, value: float,
                      threshold: float) -> Alert | None:
-        stats = self.stats[metric]
-        if not threshold or not stats.full:
-            stats.add(value)
+        if value <= 0:
             return None
-        z = stats.z(value)
+        stats = self.stats[metric]
+        log = math.log(value)
+        if not threshold or not stats.full:
+            stats.add(log)
+            return None
+        z = stats.z(log)
         spiked = z > threshold
         alert = Alert(step, metric, value, z, threshold) if spiked and not self.over[metric] \
             else None
         self.over[metric] = spiked
-        stats.add(min(value, stats.bound(threshold)) if spiked else value)
+        stats.add(min(log, stats.bound(threshold)) if spiked else log)
         return alert
