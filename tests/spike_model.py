@@ -1,5 +1,5 @@
 """A plug-in model for the alert tests: its training forward pass number `spike_at` (0-based)
-is scaled by `factor`, a spike no schedule explains.
+(or each pass in a list) is scaled by `factor`, a spike no schedule explains.
 
     [model]
     kind = "spike_model:make_model"
@@ -17,23 +17,23 @@ from torch import Tensor, nn
 
 
 class SpikeAt(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, spike_at: int, hidden: int = 16,
+    def __init__(self, in_dim: int, out_dim: int, spike_at: int | list[int], hidden: int = 16,
                  factor: float = 40.0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, out_dim))
-        self.spike_at = spike_at
+        self.spike_at = {spike_at} if isinstance(spike_at, int) else set(spike_at)
         self.factor = factor
         self.passes = 0
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.net(x.flatten(1))
         if self.training:
-            if self.passes == self.spike_at:
+            if self.passes in self.spike_at:
                 out = out * self.factor
             self.passes += 1
         return out
 
 
-def make_model(in_dim: int, out_dim: int, spike_at: int, hidden: int = 16,
+def make_model(in_dim: int, out_dim: int, spike_at: int | list[int], hidden: int = 16,
                factor: float = 40.0) -> nn.Module:
     return SpikeAt(in_dim, out_dim, spike_at, hidden, factor)

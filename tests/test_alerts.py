@@ -115,7 +115,7 @@ def test_nonfinite_streak() -> None:
 class Loop:
     """A hand-written loop on the spike model: SGD with momentum on a small regression."""
 
-    def __init__(self, run_dir: Path, spike_at: int = K, **tracker: Any) -> None:
+    def __init__(self, run_dir: Path, spike_at: int | list[int] = K, **tracker: Any) -> None:
         torch.manual_seed(0)
         self.x = torch.randn(640, 8)
         self.y = torch.sin(2 * self.x[:, :2])
@@ -250,6 +250,21 @@ def test_rewind_replaces_the_record_from_the_snapshot(tmp_path: Path) -> None:
     board = tensorboard_scalars(run_dir, "loss/train")
     assert [s for s, _ in board] == list(range(STEPS)), "TensorBoard: one value per step"
     assert board[K][1] == pytest.approx(losses[K], rel=1e-6)
+
+
+def test_a_spike_in_the_replay_pauses_instead_of_rewinding_again(tmp_path: Path) -> None:
+    run_dir = tmp_path / "again"
+    # Pass K + 10 spikes too: after the rewind to 140 (passes 0..K+1 done) that is step 148.
+    loop = Loop(run_dir, spike_at=[K, K + 10], alerts={"action": "rewind"},
+                on_rewind=lambda before, skip: loop.restore(before, skip))
+    thread = _train_in_thread(loop, save_every=20)
+    wait_until(lambda: _status(run_dir) == "paused", JOIN_S, "the pause after the replay")
+    assert [s for s, _ in alerts(run_dir)] == [K, K, 148, 148]
+    assert len(events(run_dir, "rewind")) == 1
+    (step, message, data), = events(run_dir, "control")
+    assert data["action"] == "pause" and "another alert (step 148)" in message
+    control.stop(run_dir)
+    _join(thread)
 
 
 def test_rewind_without_a_snapshot_pauses_instead(tmp_path: Path) -> None:

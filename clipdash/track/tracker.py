@@ -151,6 +151,7 @@ class Tracker:
         self.options = ClipOptions.build(clip, clip_options, **given)
         self.alerts = AlertOptions.build(alerts)
         self.on_rewind = on_rewind
+        self._rewound_from: int | None = None  # the step the last alert's rewind left
         if int(buffer_steps) < 1:
             raise ValueError(f"buffer_steps must be >= 1, got {buffer_steps!r}")
         if resume and overwrite:
@@ -462,6 +463,13 @@ class Tracker:
                   and last_alert < step else step)
         skip = (int(cmd.value) if cmd.value else self.alerts.rewind_skip if self.alerts
                 else 0)
+        auto = cmd.source == "alert"
+        if auto and self._rewound_from is not None and before < self._rewound_from:
+            # The replay spiked again before getting past the last spike: rewinding again
+            # would loop (the same checkpoint, the same batches). The user decides.
+            return self._pause_instead(f"rewind: another alert (step {before}) before the run "
+                                       f"got past step {self._rewound_from}, where the last "
+                                       "rewind came from")
         if self.on_rewind is None:
             why = "rewind is not supported here (the loop passed no Tracker(on_rewind=...))"
             if cmd.source != "alert":
@@ -475,6 +483,7 @@ class Tracker:
             raise TrackerError(f"on_rewind({before}, {skip}) returned {restored!r}: expected "
                                f"a step in [0, {min(before, step)}] or None")
         self.recorder.put(Rewind(restored))
+        self._rewound_from = step if auto else None
         self.step_index = restored
         self.steering.paused = False
         self.control.drop_alerts_from(restored)

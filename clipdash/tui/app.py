@@ -133,6 +133,15 @@ class WatchApp(App[int]):
         self.push_screen(ConfirmDialog(
             f"Stop run {self.run_name(path)}? It checkpoints and ends at its next step."), done)
 
+    def ask_rewind(self, path: str) -> None:
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.steer(path, "rewind")
+
+        self.push_screen(ConfirmDialog(
+            f"Rewind run {self.run_name(path)} to its checkpoint before the latest alert? "
+            "The steps after it are replaced."), done)
+
     def steer(self, path: str, action: str, key: str | None = None,
               value: float | None = None) -> None:
         what = f"{key}={value:g}" if key is not None and value is not None else action

@@ -164,6 +164,9 @@ class DetailScreen(Screen[None]):
     def action_stop(self) -> None:
         self.wapp.ask_stop(self.path)
 
+    def action_rewind(self) -> None:
+        self.wapp.ask_rewind(self.path)
+
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 

@@ -198,6 +198,10 @@ class RunsScreen(Screen[None]):
         if path := self._selected():
             self.wapp.ask_stop(path)
 
+    def action_rewind(self) -> None:
+        if path := self._selected():
+            self.wapp.ask_rewind(path)
+
     def action_mark(self) -> None:
         path = self._selected()
         if path is None:

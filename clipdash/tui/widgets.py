@@ -199,4 +199,5 @@ STEER_BINDINGS = [
     Binding("m", "set('max_norm')", "max_norm"),
     Binding("l", "set('lr')", "LR"),
     Binding("s", "stop", "stop"),
+    Binding("r", "rewind", "rewind"),
 ]
