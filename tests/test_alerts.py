@@ -393,11 +393,14 @@ def test_ctl_rewind_a_paused_run(tmp_path: Path, capsys: Any) -> None:
     assert main(["ctl", str(run_dir), "rewind", "--to", "-1"]) == 2
     assert "--to: must be >= 0" in capsys.readouterr().err
     assert main(["ctl", str(run_dir), "pause", "--skip", "2"]) == 2
+    assert main(["ctl", str(run_dir), "set", "max_norm=0.5"]) == 0  # kept by the rewind
     assert main(["ctl", str(run_dir), "rewind", "--skip", "2"]) == 0
     assert "applied at step 140: rewound from step" in capsys.readouterr().out
     thread.join(JOIN_S)
     assert not thread.is_alive() and codes == [0]
-    assert [r[0] for r in steps_table(run_dir, "step")] == list(range(STEPS))
+    rows = steps_table(run_dir, "step, max_norm")
+    assert [r[0] for r in rows] == list(range(STEPS))
+    assert {r[1] for r in rows[:140]} == {1.0} and {r[1] for r in rows[140:]} == {0.5}
     (_, _, data), = events(run_dir, "rewind")
     assert (data["to"], data["skip"], data["source"]) == (140, 2, "cli")
 

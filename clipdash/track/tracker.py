@@ -476,7 +476,12 @@ class Tracker:
                 return Outcome(False, why)
             return self._pause_instead(why)
         self.flush()  # every earlier step and its alerts are written before the record moves
+        # Thresholds set since the checkpoint (`ctl set max_norm=...` while paused) are the
+        # user's decision about the replay: they outlive the restored control state.
+        kept = {key: self.clipper.get(key) for key in self.clipper.settable}
         restored = self.on_rewind(before, skip)
+        for key, value in kept.items():
+            self.clipper.set(key, value)
         if restored is None:
             return self._pause_instead(f"rewind: no checkpoint at or before step {before}")
         if not 0 <= restored <= min(before, step):
