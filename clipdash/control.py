@@ -204,5 +204,5 @@ def rewind(run: str | Path, to: int | None = None, skip: int | None = None, *,
            runs_dir: str | Path = DEFAULT_RUNS_DIR) -> CommandResult:
     """Restore the newest checkpoint at or before step `to` (default: before the latest alert)
     in the running process, skip `skip` batches, continue; the record is replaced from there."""
-    return send(run, "rewind", None if to is None else str(to), skip, source=source, wait=wait, timeout=timeout,
-                runs_dir=runs_dir)
+    return send(run, "rewind", None if to is None else str(to), skip, source=source, wait=wait,
+                timeout=timeout, runs_dir=runs_dir)

@@ -2,7 +2,8 @@
 
 STEPS in the table and `steps` in the JSON are the same number: steps recorded (the last
 0-based `step` + 1), of `total_steps`. The JSON's `step` is that last 0-based step, the number
-`export` and the store use. ALERTS / `alerts`: spike alerts recorded. Floats follow clipdash.jsonfmt ("inf", "-inf", "nan").
+`export` and the store use. ALERTS / `alerts`: spike alerts recorded. Floats follow
+clipdash.jsonfmt ("inf", "-inf", "nan").
 """
 
 from __future__ import annotations

@@ -362,7 +362,8 @@ def config_from_dict(raw: dict[str, Any], source: str) -> Config:
     alerts = _alerts(Table(raw.get("alerts", {}), "alerts", source))
     sweep = _sweep(raw["sweep"], source) if "sweep" in raw else None
     cfg = Config(model=model, data=data, optimizer=optimizer, scheduler=scheduler, clip=clip,
-                 train=train, alerts=alerts, seed=seed, device=device, name=name, sweep=sweep, source=source)
+                 train=train, alerts=alerts, seed=seed, device=device, name=name, sweep=sweep,
+                 source=source)
     # Values torch itself rejects (momentum=-1, SequentialLR milestones that don't fit) only
     # show up on construction; do it now, on a dummy parameter, while exit 2 is still possible.
     optim.dry_run(cfg)

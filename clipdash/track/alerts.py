@@ -172,7 +172,8 @@ class SpikeWatch:
     """Checks recorded steps in order against the options; returns the alerts they raise.
 
     Each metric's history is the logs of its last `window` finite values > 0 (a value <= 0 is
-    a fall, never a spike, and is not judged). The spike itself is never part of its own baseline, and a value over the threshold enters
+    a fall, never a spike, and is not judged). The spike itself is never part of its own
+    baseline, and a value over the threshold enters
     the history clipped to the threshold, so one spike does not blind the check for the next
     `window` steps. One alert per metric per excursion: the metric must come back under its
     threshold before it alerts again.
