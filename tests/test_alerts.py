@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from clipdash.track.tracker import Tracker
 K = 157  # the spiked forward pass (= step: one training pass per step)
 STEPS = 240
 JOIN_S = 60.0
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def alerts(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:
