@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from clipdash.store.layout import DB_NAME, is_run_dir
 from clipdash.store.lock import RunLock, acquire
 from clipdash.store.writer import RunWriter
@@ -47,6 +49,7 @@ from clipdash.track.steering import Command
 HEARTBEAT_S = 1.0
 COMMAND_POLL_S = 0.1
 BARRIER_POLL_S = 0.1
+MAX_COALESCED = 64  # queued batches of steps written as one (a writer that fell behind)
 
 
 class RecordError(RuntimeError):
@@ -273,6 +276,9 @@ class Recorder(threading.Thread):
                 item: Item | None = self.items.get(timeout=COMMAND_POLL_S)
             except queue.Empty:
                 item = None
+            if isinstance(item, Steps):
+                batches, item = self._take_steps(item)
+                self._guard(self._write_steps, batches)
             if isinstance(item, Close):
                 self._guard(self._flush)
                 return
@@ -288,18 +294,43 @@ class Recorder(threading.Thread):
                 self._last_beat = now
                 self._guard(self.store.heartbeat)
 
+    def _take_steps(self, first: Steps) -> tuple[list[Steps], Item | None]:
+        """`first` and the batches of steps queued right behind it (one write for all: with a
+        steering alert action every step is its own batch); the next other item, if taken."""
+        batches = [first]
+        while len(batches) < MAX_COALESCED:
+            try:
+                item = self.items.get_nowait()
+            except queue.Empty:
+                return batches, None
+            if not isinstance(item, Steps):
+                return batches, item
+            batches.append(item)
+        return batches, None
+
+    def _write_steps(self, batches: list[Steps]) -> None:
+        try:
+            if self.error is not None:  # nothing is recorded past a gap
+                return
+            parts = [b.batch.columns(self.setup.record_params) for b in batches]
+        finally:
+            for b in batches:  # the training thread may be waiting for a free slot
+                b.batch.release_slot()
+        cols = parts[0] if len(parts) == 1 else {
+            key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        # Checked before the (slower) sink writes: a steering action waits for the verdict.
+        alerts = self.watch.check(cols) if self.watch is not None else []
+        self._queue_actions(alerts)
+        for sink in self.sinks:
+            sink.write_steps(cols)
+        if self.setup.nonfinite_events:
+            self._nonfinite_events(cols)
+        for alert in alerts:
+            self._handle(Event(alert.step, "alert", alert.message, alert.data))
+
     def _handle(self, item: Item) -> None:
         if isinstance(item, Steps):
-            if self.error is not None:  # nothing is recorded past a gap
-                item.batch.release_slot()
-                return
-            cols = item.batch.columns(self.setup.record_params)
-            for sink in self.sinks:
-                sink.write_steps(cols)
-            if self.setup.nonfinite_events:
-                self._nonfinite_events(cols)
-            if self.watch is not None:
-                self._alert(self.watch.check(cols))
+            self._write_steps([item])
             return
         if self.error is not None:
             return  # the run is marked failed: later records would describe a broken run
@@ -334,14 +365,14 @@ class Recorder(threading.Thread):
 
     # -- alerts and rewinds -----------------------------------------------------------------
 
-    def _alert(self, alerts: list[Alert]) -> None:
-        """Record each alert; one command per alerted step when the action steers the run
-        (the training thread applies it at its next boundary, like a `clipdash ctl` command)."""
-        assert self.watch is not None
+    def _queue_actions(self, alerts: list[Alert]) -> None:
+        """One command per alerted step when the action steers the run (the training thread
+        applies it at its next boundary, like a `clipdash ctl` command); wake its wait."""
+        if self.watch is None:
+            return
         options = self.watch.options
         steps: list[int] = []
         for alert in alerts:
-            self._handle(Event(alert.step, "alert", alert.message, alert.data))
             self.last_alert = alert.step
             if options.steers and alert.step not in steps:
                 steps.append(alert.step)
