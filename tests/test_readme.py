@@ -38,8 +38,10 @@ def code_blocks(text: str, lang: str) -> list[str]:
 
 
 def tracker_snippet() -> str:
-    found = [b for b in code_blocks(README, "python") if "clipdash.Tracker(" in b]
-    assert len(found) == 1, "expected one README snippet that builds a clipdash.Tracker"
+    """The hand-written loop of "Your own loop" (other snippets wrap a framework's objects)."""
+    found = [b for b in code_blocks(README, "python")
+             if "clipdash.Tracker(model, optimizer" in b and "for epoch in range(epochs)" in b]
+    assert len(found) == 1, "expected one README snippet with the Tracker in an epoch loop"
     return found[0]
 
 
