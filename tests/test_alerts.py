@@ -57,6 +57,8 @@ def test_build_from_tracker_arguments() -> None:
     assert AlertOptions.build({"window": 20}).window == 20
     with pytest.raises(AlertOptionsError, match="unknown alert option 'windw'"):
         AlertOptions.build({"windw": 20})
+    assert AlertOptions().enabled and AlertOptions(loss_spike=0, grad_spike=0).enabled
+    assert not AlertOptions(loss_spike=0, grad_spike=0, nonfinite_streak=0).enabled
 
 
 # -- the detector ---------------------------------------------------------------------------------

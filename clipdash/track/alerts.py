@@ -91,6 +91,11 @@ class AlertOptions:
                                 f"{value!r}")
 
     @property
+    def enabled(self) -> bool:
+        """Some check is on (all three at 0: nothing to check, nothing to pay for)."""
+        return bool(self.loss_spike or self.grad_spike or self.nonfinite_streak)
+
+    @property
     def steers(self) -> bool:
         """The action changes the run (so the Tracker waits for each step's verdict)."""
         return self.action != "event"

@@ -149,7 +149,8 @@ class Tracker:
                                    ("max_value", max_value), ("nonfinite", nonfinite))
                  if v is not None}
         self.options = ClipOptions.build(clip, clip_options, **given)
-        self.alerts = AlertOptions.build(alerts)
+        built = AlertOptions.build(alerts)
+        self.alerts = built if built is not None and built.enabled else None
         self.on_rewind = on_rewind
         self._rewound_from: int | None = None  # the step the last alert's rewind left
         if int(buffer_steps) < 1:
