@@ -289,9 +289,11 @@ def test_a_loop_without_the_hook_refuses_ctl_rewind_and_pauses_on_alerts(
 
 def test_run_list_and_timeline_mark_alerts() -> None:
     from clipdash.tui.messages import RunRow
-    from clipdash.tui.widgets import event_marker, row_cells
+    from clipdash.tui.runtable import Item, name_cell
+    from clipdash.tui.widgets import event_marker
 
-    quiet, alerted = (row_cells(RunRow("p", "exp", "running", alerts=n))[0] for n in (0, 2))
+    quiet, alerted = (name_cell(Item("p", "exp", RunRow("p", "exp", "running", alerts=n)),
+                                False) for n in (0, 2))
     assert quiet.plain.strip() == "exp" and alerted.plain.strip() == "exp !2"
     assert "red" in str(alerted.spans[-1].style)
     assert event_marker(K, "alert").char == "!" and event_marker(K, "checkpoint").char != "!"

@@ -1,25 +1,33 @@
-"""`clipdash watch` driven headless with App.run_test() and Pilot, on real stores."""
+"""`clipdash watch` driven headless with App.run_test() and Pilot, on real stores (and once on a
+fake reader with a frozen clock), at 80x24 and wide."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from textual.message_pump import MessagePump
 from textual.pilot import Pilot
 from textual.widgets import Input
 from tui_fixtures import FakeTrainer, make_run, screen_text, step_columns
 
 from clipdash.store.writer import RunWriter
 from clipdash.tui.app import WatchApp
+from clipdash.tui.columns import RUN_COLUMNS
 from clipdash.tui.compare import CompareScreen
 from clipdash.tui.detail import DetailScreen
 from clipdash.tui.dialogs import ConfirmDialog, HelpScreen, SettingDialog
-from clipdash.tui.runlist import RunsScreen, RunTable
+from clipdash.tui.feed import RUNS, Hub
+from clipdash.tui.messages import RunRow, RunsUpdated
+from clipdash.tui.render import fmt_num
+from clipdash.tui.runlist import RunsScreen
+from clipdash.tui.runtable import RunTable
 from clipdash.tui.widgets import Plot
 
 Body = Callable[[WatchApp, Pilot[Any]], Awaitable[None]]
@@ -27,25 +35,23 @@ SIZES = [(120, 40), (80, 24)]
 
 
 def run_app(runs_dir: Path, body: Body, size: tuple[int, int] = (120, 40),
-            poll_s: float = 0.05) -> None:
+            poll_s: float = 0.04, **kwargs: Any) -> None:
     async def main() -> None:
-        app = WatchApp(runs_dir, poll_s=poll_s, ack_timeout=5.0)
+        app = WatchApp(runs_dir, poll_s=poll_s, ack_timeout=5.0, **kwargs)
         async with app.run_test(size=size) as pilot:
             await body(app, pilot)
-        assert app.poller is not None and not app.poller.is_alive()  # joined on unmount
+        assert not app.reader.is_alive()  # stopped and joined on unmount
 
     asyncio.run(main())
 
 
 async def wait_for(pilot: Pilot[Any], cond: Callable[[], object], what: str,
-                   timeout: float = 5.0) -> float:
-    """Seconds until `cond()` holds (fails after `timeout`)."""
+                   timeout: float = 5.0) -> None:
     start = time.monotonic()
     while not cond():
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out waiting for {what}")
         await pilot.pause(0.02)
-    return time.monotonic() - start
 
 
 def table(app: WatchApp) -> RunTable:
@@ -53,7 +59,19 @@ def table(app: WatchApp) -> RunTable:
 
 
 def cell(app: WatchApp, run_dir: Path, column: str) -> str:
-    return table(app).get_cell(str(run_dir), column).plain.strip()
+    """The text of one column of a run's row, as the table draws it."""
+    row = table(app).rows.get(str(run_dir))
+    if row is None:
+        return ""
+    return next(c for c in RUN_COLUMNS if c.key == column).cell(row).plain.strip()
+
+
+def line_of(app: WatchApp, needle: str) -> str:
+    return next((ln for ln in screen_text(app).splitlines() if needle in ln), "")
+
+
+def footer(app: WatchApp) -> str:
+    return [ln for ln in screen_text(app).splitlines() if ln.strip()][-1]
 
 
 def commands(run_dir: Path) -> list[tuple[Any, ...]]:
@@ -80,42 +98,86 @@ def test_run_list_fills_from_the_store(tmp_path: Path, size: tuple[int, int]) ->
     make_run(runs / "sweep" / "beta-lr0.1", 120, state="failed").close()
 
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: table(app).row_count == 2, "two rows")
+        await wait_for(pilot, lambda: len(table(app).rows) == 2, "two rows")
         assert cell(app, runs / "alpha", "status") == "finished"
         assert cell(app, runs / "alpha", "step") == "300/1000"
-        assert cell(app, runs / "sweep" / "beta-lr0.1", "status") == "failed"
         await wait_for(pilot, lambda: cell(app, runs / "alpha", "grad_spark"), "sparkline")
         text = screen_text(app)
-        assert "sweep/beta-lr0.1" in text and "2 runs" in text
+        assert "2 runs" in text and "▾ sweep/" in text
+        assert "finished    300/1000" in line_of(app, "alpha")
+        assert "failed" in line_of(app, "beta-lr0.1")
         assert all(len(line) <= size[0] for line in text.splitlines())
+        await wait_for(pilot, lambda: "? help" in footer(app), "the help key in the footer")
 
     run_app(runs, body, size)
 
 
-def test_new_run_appears_and_a_new_step_updates_its_row(tmp_path: Path, trainer: Any) -> None:
+def test_sweep_members_are_told_apart_at_80_columns_and_the_name_stays(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    live = runs / "live"
+    for mn in ("0.5", "1.0"):
+        for sched in ("CyclicLR", "StepLR"):
+            make_run(runs / "sw2" / f"max_norm={mn},scheduler={sched}", 50).close()
 
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: table(app).row_count == 1, "the live run")
-        assert cell(app, live, "status") == "running"
-        make_run(runs / "later", 10).close()
-        await wait_for(pilot, lambda: table(app).row_count == 2, "the new run", timeout=3)
+        await wait_for(pilot, lambda: len(table(app).rows) == 4, "four rows")
+        text = screen_text(app)
+        labels = ["max_norm=0.5 CyclicLR", "max_norm=0.5 StepLR", "max_norm=1.0 CyclicLR",
+                  "max_norm=1.0 StepLR"]
+        assert all(text.count(label) == 1 for label in labels), text
+        header = line_of(app, "status")
+        assert "max_norm" in header and "grad norm" in header  # readable at 80 columns
+        assert "        1 " in line_of(app, "max_norm=1.0 StepLR")
+        await pilot.press("down", "right", "right")
+        scrolled = screen_text(app)
+        assert all(label in scrolled for label in labels)  # the name column stays
+        assert "status" not in line_of(app, "run ") and "clip%" in line_of(app, "run ")
+        await pilot.press("home", "enter")  # Enter on the sweep's header folds it
+        await wait_for(pilot, lambda: "▸ sw2/  4 runs" in screen_text(app), "folded")
+        assert "StepLR" not in screen_text(app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "StepLR" in screen_text(app), "unfolded")
+
+    run_app(runs, body, (80, 24))
+
+
+def test_a_run_started_later_is_listed_first(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for i in range(30):
+        make_run(runs / f"done-{i:02d}", 20).close()
+
+    async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: len(table(app).rows) == 30, "30 runs")
+        writer = make_run(runs / "zz-new", 10, state="running")
+        try:
+            await wait_for(pilot, lambda: "zz-new" in screen_text(app), "the new run", 5.0)
+            lines = screen_text(app).splitlines()
+            assert "zz-new" in lines[2] and "running" in lines[2]  # the row under the header
+            assert "31 runs, 1 live" in lines[0]
+        finally:
+            writer.close()
+
+    run_app(runs, body, (80, 24))
+
+
+def test_a_new_step_updates_its_row(tmp_path: Path, trainer: Any) -> None:
+    live = tmp_path / "runs" / "live"
+
+    async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: cell(app, live, "status") == "running", "the live run")
         writer = RunWriter(live, resume=True)
         writer.append_steps(step_columns(50, 1, loss=123.4))
-        latency = await wait_for(pilot, lambda: cell(app, live, "loss") == "123.4", "new step")
         writer.close()
+        await wait_for(pilot, lambda: "123.4" in line_of(app, "running"), "the new step on screen")
         assert cell(app, live, "step") == "51/1000"
-        assert latency < 0.5  # from the commit to the cell, at the default poll interval
 
-    run_app(runs, body, poll_s=0.25)
+    run_app(tmp_path / "runs", body)
 
 
 def test_p_pauses_and_the_trainer_acknowledges(tmp_path: Path, trainer: Any) -> None:
     live = tmp_path / "runs" / "live"
 
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: table(app).row_count == 1, "the live run")
+        await wait_for(pilot, lambda: cell(app, live, "status") == "running", "the live run")
         await pilot.press("p")
         await wait_for(pilot, lambda: cell(app, live, "status") == "paused", "paused status")
         assert commands(live) == [("pause", None, None, "applied", "dashboard")]
@@ -127,11 +189,15 @@ def test_p_pauses_and_the_trainer_acknowledges(tmp_path: Path, trainer: Any) -> 
     run_app(tmp_path / "runs", body)
 
 
-def test_max_norm_dialog_validates_before_sending(tmp_path: Path, trainer: Any) -> None:
+def test_max_norm_dialog_validates_then_the_config_tab_shows_the_value_in_effect(
+        tmp_path: Path, trainer: Any) -> None:
     live = tmp_path / "runs" / "live"
+    (live / "config.toml").write_text(
+        '[optimizer]\nname = "SGD"\nlr = 0.1\n[clip]\nmode = "norm"\nmax_norm = 1.0\n'
+        'max_value = 0.5\n')
 
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: table(app).row_count == 1, "the live run")
+        await wait_for(pilot, lambda: cell(app, live, "status") == "running", "the live run")
         await pilot.press("m")
         await wait_for(pilot, lambda: isinstance(app.screen, SettingDialog), "the dialog")
         for bad, reason in (("abc", "not a number"), ("-1", "must be > 0"), ("0", "> 0")):
@@ -148,6 +214,14 @@ def test_max_norm_dialog_validates_before_sending(tmp_path: Path, trainer: Any) 
                        "the trainer's acknowledgement")
         assert commands(live) == [("set", "max_norm", "0.25", "applied", "dashboard")]
         await wait_for(pilot, lambda: "max_norm 1 -> 0.25" in screen_text(app), "the ack text")
+        trainer.step_every = 0.02  # the trainer records steps at the new max_norm
+        await wait_for(pilot, lambda: cell(app, live, "max_norm") == "0.25", "the new max_norm")
+        await pilot.press("enter", "4")
+        await wait_for(pilot, lambda: "max_norm = 0.25" in screen_text(app), "in effect")
+        text = screen_text(app)
+        assert "# in effect now" in text and "started at 1" in line_of(app, "max_norm = 0.25")
+        assert "# starting config" in text and "max_norm = 1.0" in text
+        assert "max_value" not in text  # a norm-mode run
 
     run_app(tmp_path / "runs", body)
 
@@ -156,7 +230,7 @@ def test_stop_asks_first(tmp_path: Path, trainer: Any) -> None:
     live = tmp_path / "runs" / "live"
 
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: table(app).row_count == 1, "the live run")
+        await wait_for(pilot, lambda: cell(app, live, "status") == "running", "the live run")
         await pilot.press("s")
         assert isinstance(app.screen, ConfirmDialog)
         await pilot.press("n")
@@ -173,7 +247,7 @@ def test_commands_to_a_finished_run_are_refused_in_the_ui(tmp_path: Path) -> Non
     make_run(runs / "done", 20).close()
 
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: table(app).row_count == 1, "the run")
+        await wait_for(pilot, lambda: len(table(app).rows) == 1, "the run")
         await pilot.press("p")
         await wait_for(pilot, lambda: "takes no commands" in screen_text(app), "the refusal")
 
@@ -187,7 +261,7 @@ def test_run_view_shows_plots_params_events_config(tmp_path: Path,
     make_run(runs / "alpha", 400, spike_at=123, n_params=300).close()
 
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: table(app).row_count == 1, "the run")
+        await wait_for(pilot, lambda: len(table(app).rows) == 1, "the run")
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen)
                        and app.screen.snapshot is not None, "the run view")
@@ -196,16 +270,76 @@ def test_run_view_shows_plots_params_events_config(tmp_path: Path,
         await wait_for(pilot, lambda: "1000┤" in screen_text(app), "the spike's label")
         grad = screen.query_one("#grad", Plot)
         assert "max_norm" in str(grad.border_title) and len(grad._lines[0].band) > 0
+        assert "nonfin" not in screen_text(app)  # every step finite: no marker row
         await pilot.press("2")
         await wait_for(pilot, lambda: "top 50 of 300 parameters" in screen_text(app), "params")
         await pilot.press("3")
         await wait_for(pilot, lambda: "checkpoint at step 200" in screen_text(app), "events")
         await pilot.press("4")
         await wait_for(pilot, lambda: 'kind = "mlp"' in screen_text(app), "the config")
+        await wait_for(pilot, lambda: "? help" in footer(app), "the help key in the footer")
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
 
     run_app(runs, body, size)
+
+
+def test_the_exploding_run_shows_where_its_steps_were_not_finite(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    writer = make_run(runs / "boom", 0)
+    cols = step_columns(0, 400)
+    pre = np.geomspace(1.0, 3.3e18, 400)
+    finite = np.arange(400) < 300
+    pre[~finite] = np.inf
+    cols.update(grad_norm_pre=pre, finite=finite, loss=np.where(finite, cols["loss"], np.nan))
+    writer.append_steps(cols)
+    writer.set_state("failed", "non-finite gradients")
+    writer.close()
+
+    async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: cell(app, runs / "boom", "grad_spark"), "a sparkline")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "nonfin" in screen_text(app), "the marker row")
+        grad_top = next(ln for ln in screen_text(app).splitlines() if "nonfin" in ln)
+        marks = grad_top.split("nonfin")[-1]  # the grad-norm plot (the right one)
+        assert "✖" in marks[len(marks) // 2:] and "✖" not in marks[:len(marks) // 3]
+        top = fmt_num(float(pre[finite].max()))  # the scale tops out at the largest finite
+        assert f"{top}┤" in grad_top or f"{top}┤" in screen_text(app)
+
+    run_app(runs, body, (120, 40))
+
+
+def test_escape_codes_in_a_run_name_are_shown_not_obeyed(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs / "evil\x1b]0;pwned\x07\x1b[2J", 20).close()
+
+    async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: len(table(app).rows) == 1, "the run")
+        text = screen_text(app)
+        assert "evil\\x1b]0;pwned\\x07\\x1b[2J" in text and "\x1b]0;" not in text
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "evil\\x1b" in line_of(app, "finished"), "the headline")
+
+    run_app(runs, body, (120, 40))
+
+
+def test_a_damaged_store_is_one_row_with_a_note_and_the_others_list(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs / "good", 20).close()
+    (runs / "bad").mkdir()
+    conn = sqlite3.connect(runs / "bad" / "clipdash.sqlite")
+    conn.execute("PRAGMA user_version=1")  # a store without tables
+    conn.close()
+
+    async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
+        await wait_for(pilot, lambda: cell(app, runs / "good", "status") == "finished", "good")
+        await wait_for(pilot, lambda: cell(app, runs / "bad", "status") == "error",
+                       "the damaged run marked", timeout=15.0)
+        assert "damaged store (no table" in (table(app).rows[str(runs / "bad")].message or "")
+        await wait_for(pilot, lambda: any("no table" in n.message for n in app._notifications),
+                       "the warning")
+
+    run_app(runs, body)
 
 
 def test_filter_mark_and_compare(tmp_path: Path) -> None:
@@ -214,23 +348,106 @@ def test_filter_mark_and_compare(tmp_path: Path) -> None:
         make_run(runs / name, 100).close()
 
     async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
-        await wait_for(pilot, lambda: table(app).row_count == 3, "three runs")
+        await wait_for(pilot, lambda: len(table(app).items) == 3, "three runs")
         await pilot.press("slash", "b", "e", "t")
-        await wait_for(pilot, lambda: table(app).row_count == 1, "the filtered list")
+        await wait_for(pilot, lambda: len(table(app).items) == 1, "the filtered list")
         await pilot.press("escape")
-        await wait_for(pilot, lambda: table(app).row_count == 3, "the whole list")
+        await wait_for(pilot, lambda: len(table(app).items) == 3, "the whole list")
+        # The cursor stayed on beta; space marks and moves down.
         await pilot.press("space", "space", "c")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen)
                        and len(app.screen.bands) == 2, "two runs compared")
         compare = app.screen
         assert isinstance(compare, CompareScreen)
-        assert "comparing  ━ beta  ━ gamma" in screen_text(app)  # the cursor stayed on beta
+        assert "comparing  ━ beta  ━ gamma" in screen_text(app)
         await pilot.press("n")
         await wait_for(pilot, lambda: all("max_norm" in b for b in compare.bands.values()),
                        "the next metric")
         await pilot.press("escape", "question_mark")
         assert isinstance(app.screen, HelpScreen)
+        assert "space: mark and move down" in screen_text(app)
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
 
     run_app(runs, body)
+
+
+# -- the App on a fake reader -------------------------------------------------------------
+
+
+class FakeReader:
+    """The data source interface with canned rows and a frozen clock: no store, no thread."""
+
+    def __init__(self, rows: Sequence[RunRow]) -> None:
+        self.hub = Hub()
+        self.rows = {r.path: r for r in rows}
+        self.started = self.stopped = self.joined = False
+        self.visible: list[Sequence[str] | None] = []
+
+    def start(self) -> None:
+        self.started = True
+        self.hub.publish(RUNS, lambda: RunsUpdated(dict(self.rows)))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def join(self, timeout: float | None = None) -> None:
+        self.joined = True
+
+    def is_alive(self) -> bool:
+        return self.started and not self.stopped
+
+    def wake(self) -> None:
+        pass
+
+    def watch_runs(self, target: MessagePump) -> None:
+        self.hub.subscribe(target, RUNS)
+
+    def watch_detail(self, target: MessagePump, path: str, cap: int) -> None:
+        pass
+
+    def watch_compare(self, target: MessagePump, paths: Sequence[str], columns: Sequence[str],
+                      cap: int) -> None:
+        pass
+
+    def show_compare(self, paths: Sequence[str] | None, columns: Sequence[str] = (),
+                     cap: int = 0) -> None:
+        pass
+
+    def unwatch(self, target: MessagePump) -> None:
+        self.hub.unsubscribe(target)
+
+    def set_visible(self, paths: Sequence[str] | None) -> None:
+        self.visible.append(paths)
+
+    def push(self, row: RunRow) -> None:
+        self.rows[row.path] = row
+        self.hub.publish(RUNS, lambda: RunsUpdated(dict(self.rows)))
+
+
+def test_the_app_takes_its_reader_and_screens_subscribe(tmp_path: Path) -> None:
+    frozen = 1_700_000_000.0
+    fake = FakeReader([RunRow("/r/a", "a", "finished", step=99, total=100, loss=0.5,
+                              started=frozen - 60),
+                       RunRow("/r/b", "b", "running", step=10, total=100, loss=2.0,
+                              started=frozen)])
+
+    async def body(app: WatchApp, pilot: Pilot[Any]) -> None:
+        assert fake.started
+        await wait_for(pilot, lambda: "2 runs, 1 live" in screen_text(app), "the fake rows")
+        lines = screen_text(app).splitlines()
+        assert "b " in lines[2] and "running" in lines[2]  # live first
+        fake.push(RunRow("/r/b", "b", "running", step=11, total=100, loss=1.25,
+                         started=frozen))
+        await wait_for(pilot, lambda: "1.25" in line_of(app, "running"), "the pushed row")
+        assert app.rows["/r/b"].loss == 1.25  # the App looks rows up when steering
+        await wait_for(pilot, lambda: fake.visible and "/r/a" in (fake.visible[-1] or ()),
+                       "the rows on screen reported to the reader")
+
+    async def main() -> None:
+        app = WatchApp(tmp_path, reader=fake)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await body(app, pilot)
+        assert fake.stopped and fake.joined
+
+    asyncio.run(main())

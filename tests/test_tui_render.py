@@ -14,7 +14,9 @@ from tui_fixtures import make_run, step_columns
 
 from clipdash.store.reader import RunReader
 from clipdash.tui.buckets import Band, Buckets, width_for
-from clipdash.tui.messages import ParamInfo, ParamPanel, RunsUpdated
+from clipdash.tui.columns import RUN_COLUMNS
+from clipdash.tui.feed import RUNS
+from clipdash.tui.messages import ParamInfo, ParamPanel, RunRow, RunsUpdated
 from clipdash.tui.poller import Poller
 from clipdash.tui.render import (
     BRAILLE_BASE,
@@ -27,7 +29,8 @@ from clipdash.tui.render import (
     render_plot,
     sparkline,
 )
-from clipdash.tui.widgets import elide, param_table, row_cells
+from clipdash.tui.runtable import layout, member_labels
+from clipdash.tui.widgets import elide, param_table
 
 
 def test_dashboard_never_imports_torch() -> None:
@@ -162,44 +165,93 @@ def test_reader_rate_and_bucket_stats(tmp_path: Path) -> None:
         assert rows[0][1:3] == (0, 127) and rows[-1][1:3] == (384, 499)
         assert rows[0][6] == 128  # count of non-NULL losses in the first bucket
         assert reader.first_step() == 0
+        lean = reader.bucket_stats(("loss", "clipped"), 128, 0,
+                                   only={"loss": ("sum", "count"), "clipped": ("max",)})
+        for full, part in zip(rows, lean, strict=True):
+            assert part[:3] == full[:3] and part[5:7] == full[5:7] and part[8] == full[8]
+            assert part[3] is part[4] is part[7] is part[9] is part[10] is None
 
 
 # -- the reader thread, without a UI ------------------------------------------------------
 
 
-def _tick(poller: Poller, posted: list[object]) -> list[object]:
-    posted.clear()
-    while poller.tick():  # until the sparkline backlog is done
+class Inbox:
+    """Stands in for a widget: keeps what the reader posts to it."""
+
+    def __init__(self) -> None:
+        self.messages: list[object] = []
+
+    def post_message(self, message: object) -> bool:
+        self.messages.append(message)
+        return True
+
+
+def subscribed(poller: Poller) -> Inbox:
+    inbox = Inbox()
+    poller.hub.subscribe(inbox, RUNS)  # type: ignore[arg-type]
+    return inbox
+
+
+def _tick(poller: Poller, inbox: Inbox) -> dict[str, RunRow] | None:
+    """One pass (until the sparkline backlog is done): the rows it published, by name."""
+    inbox.messages.clear()
+    while poller.tick():
         pass
-    return [m for m in posted if isinstance(m, RunsUpdated)]
+    updates = [m for m in inbox.messages if isinstance(m, RunsUpdated)]
+    return {r.name: r for r in updates[-1].rows.values()} if updates else None
 
 
 def test_poller_reads_only_what_changed(tmp_path: Path) -> None:
     make_run(tmp_path / "done", 300, spike_at=100).close()
     live = make_run(tmp_path / "live", 50, state="running")
-    posted: list[object] = []
-    poller = Poller(posted.append, tmp_path)
-    first = _tick(poller, posted)
-    rows = {r.name: r for m in first for r in m.rows}  # type: ignore[attr-defined]
-    assert set(rows) == {"done", "live"}
+    poller = Poller(tmp_path)
+    inbox = subscribed(poller)
+    rows = _tick(poller, inbox)
+    assert rows is not None and set(rows) == {"done", "live"}
     assert rows["done"].status == "finished" and rows["done"].step == 299
     assert max(v for v in rows["done"].norm_spark if v is not None) == 1000.0
     done = poller.watches[str(tmp_path / "done")]
     assert done.reader is None  # a finished run gives back its connection
-    # Nothing changed: nothing is read, nothing is posted.
-    checked = done.checked
-    assert _tick(poller, posted) == []
-    assert done.checked == checked
-    # One new step on the live run: one row update with it.
+    # Nothing changed: the finished run is not even stat'ed again, nothing is published.
+    stated = done.stated
+    assert _tick(poller, inbox) is None
+    assert done.stated == stated
+    # One new step on the live run: an update with it.
     live.append_steps(step_columns(50, 1, loss=123.4))
     time.sleep(0.01)
-    update = _tick(poller, posted)
-    assert [r.loss for m in update for r in m.rows] == [123.4]  # type: ignore[attr-defined]
+    rows = _tick(poller, inbox)
+    assert rows is not None and rows["live"].loss == 123.4 and rows["live"].step == 50
     # A new run appears by itself (discovery runs at most once a second).
     make_run(tmp_path / "sweep" / "new", 10).close()
     poller._discovered = -1e9
-    names = [r.name for m in _tick(poller, posted) for r in m.rows]  # type: ignore[attr-defined]
-    assert "sweep/new" in names
+    rows = _tick(poller, inbox)
+    assert rows is not None and "sweep/new" in rows
+    live.close()
+    for w in poller.watches.values():
+        w.close()
+
+
+def test_finished_runs_cost_no_reads_per_update(tmp_path: Path) -> None:
+    """Beside 30 finished runs, a pass reads the one live run only: no SQL on the others."""
+    for i in range(30):
+        make_run(tmp_path / f"done{i:02d}", 50).close()
+    live = make_run(tmp_path / "live", 50, state="running")
+    poller = Poller(tmp_path)
+    inbox = subscribed(poller)
+    _tick(poller, inbox)
+    queries: list[str] = []
+    for w in poller.watches.values():
+        assert (w.reader is None) == (w.name != "live")
+    live_watch = poller.watches[str(tmp_path / "live")]
+    assert live_watch.reader is not None
+    live_watch.reader.conn.set_trace_callback(queries.append)
+    for step in range(50, 55):
+        live.append_steps(step_columns(step, 1))
+        time.sleep(0.01)
+        rows = _tick(poller, inbox)
+        assert rows is not None and rows["live"].step == step
+    assert all(w.reader is None for w in poller.watches.values() if w.name != "live")
+    assert 0 < len(queries) <= 5 * 4  # status, latest, new rows: a few queries a step
     live.close()
     for w in poller.watches.values():
         w.close()
@@ -207,14 +259,14 @@ def test_poller_reads_only_what_changed(tmp_path: Path) -> None:
 
 def test_poller_follows_a_truncated_run(tmp_path: Path) -> None:
     writer = make_run(tmp_path / "r", 400, state="running")
-    posted: list[object] = []
-    poller = Poller(posted.append, tmp_path)
-    _tick(poller, posted)
+    poller = Poller(tmp_path)
+    inbox = subscribed(poller)
+    _tick(poller, inbox)
     writer.truncate_after(99)  # a resume from a checkpoint at step 99
     writer.append_steps(step_columns(100, 5, loss=7.0))
     time.sleep(0.01)
-    rows = [r for m in _tick(poller, posted) for r in m.rows]  # type: ignore[attr-defined]
-    assert rows[-1].step == 104 and rows[-1].loss == 7.0
+    rows = _tick(poller, inbox)
+    assert rows is not None and rows["r"].step == 104 and rows["r"].loss == 7.0
     w = poller.watches[str(tmp_path / "r")]
     assert w.spark.last_step == 104
     writer.close()
@@ -222,13 +274,12 @@ def test_poller_follows_a_truncated_run(tmp_path: Path) -> None:
 
 
 def test_run_row_and_param_panel_text() -> None:
-    from clipdash.tui.messages import RunRow
-
     row = RunRow(path="/x/a", name="a", status="running", step=12, total=100, rate=3.5,
                  loss=0.25, grad_norm=2.0, clip_rate=0.75, max_norm=1.0, lr=0.01,
                  loss_spark=(3.0, 2.0, 1.0), norm_spark=(1.0, 9.0))
-    cells = [c.plain.strip() for c in row_cells(row, marked=True)]
-    assert cells[:7] == ["● a", "running", "13/100", "0.25", "2", "1", "75%"]
+    cells = [c.cell(row).plain.strip() for c in RUN_COLUMNS]
+    assert cells[:6] == ["running", "13/100", "0.25", "2", "1", "75%"]
+    assert all(len(c.cell(row).plain) <= c.width for c in RUN_COLUMNS)
     panel = ParamPanel(300, (900, 2899), tuple(
         ParamInfo(f"model.blocks.{i}.mlp.fc{i % 2}.weight", 1.0 / (i + 1), 2.0, (1.0, 2.0))
         for i in range(50)))
@@ -250,12 +301,159 @@ def test_poller_reads_sparklines_of_visible_rows_only_and_spots_lost_runs(
         make_run(tmp_path / name, 50).close()
     stale = make_run(tmp_path / "d", 50, state="running")
     stale.conn.execute("UPDATE status SET heartbeat = heartbeat - 60")  # its trainer died
-    posted: list[object] = []
-    poller = Poller(posted.append, tmp_path)
+    poller = Poller(tmp_path)
+    inbox = subscribed(poller)
     poller.set_visible([str(tmp_path / "b")])
-    rows = {r.name: r for m in _tick(poller, posted) for r in m.rows}  # type: ignore[attr-defined]
+    rows = _tick(poller, inbox)
+    assert rows is not None
     assert rows["b"].norm_spark and not rows["a"].norm_spark and not rows["c"].norm_spark
     assert rows["d"].status == "lost"
     stale.close()
     for w in poller.watches.values():
+        w.close()
+
+
+# -- the exploding run --------------------------------------------------------------------
+
+
+def test_exploding_run_scales_to_the_largest_finite_value_and_marks_nonfinite_steps(
+        tmp_path: Path) -> None:
+    """Steps 0-99 finite and growing to 3.3e18; every 10th step from 100 on is inf/NaN."""
+    import numpy as np
+
+    writer = make_run(tmp_path / "r", 0)
+    cols = step_columns(0, 200)
+    pre = np.geomspace(1.0, 3.3e18, 200)
+    finite = np.ones(200, bool)
+    finite[100::10] = False
+    pre[100::10] = np.inf
+    pre[105::10] = np.nan
+    cols.update(grad_norm_pre=pre, finite=finite)
+    writer.append_steps(cols)
+    writer.close()
+    with RunReader(tmp_path / "r") as reader:
+        sql = Buckets(("grad_norm_pre", "finite"), 20)
+        sql.load(reader.bucket_stats(("grad_norm_pre", "finite"), 10, 0), 0, 10)
+    grad, flags = sql.band("grad_norm_pre"), sql.band("finite")
+    finite_max = max(float(v) for v, ok in zip(pre, finite, strict=True) if ok and v == v)
+    assert max(v for v in grad.ymax if v is not None) == pytest.approx(finite_max)
+    assert all(m is not None and m < 1e300 for m in grad.ymean)  # no inf means
+    rows = render_plot([Line(grad, "yellow")], 48, 10, nonfinite=flags)
+    top = rows[0].plain
+    assert top.startswith(" nonfin") and top.count("✖") > 0
+    cells = top[8:]
+    # The marks sit in the right half (steps 100-199), none in the left half.
+    assert "✖" not in cells[:20] and "✖" in cells[22:]
+    assert fmt_num(finite_max) in rows[1].plain  # the y scale tops out at the largest finite
+    # Live folding agrees with SQL on finite-only aggregates.
+    live = Buckets(("grad_norm_pre",), 20)
+    live.add(list(range(200)), [list(pre)])
+    assert max(v for v in live.band("grad_norm_pre").ymax if v is not None) == finite_max
+
+
+def test_a_sparkline_of_only_nonfinite_values_still_shows() -> None:
+    row = RunRow(path="/x", name="x", status="failed", norm_spark=(None, None, None))
+    spark = next(c for c in RUN_COLUMNS if c.key == "grad_spark").cell(row).plain
+    assert spark.strip() == "✖✖✖"
+
+
+# -- the run list's layout -----------------------------------------------------------------
+
+
+def test_sweep_members_are_named_by_what_varies() -> None:
+    names = ["max_norm=0.5,scheduler=CyclicLR", "max_norm=1,scheduler=CyclicLR",
+             "max_norm=0.5,scheduler=StepLR"]
+    assert member_labels(names) == {names[0]: "max_norm=0.5 CyclicLR",
+                                    names[1]: "max_norm=1 CyclicLR",
+                                    names[2]: "max_norm=0.5 StepLR"}
+    same = ["lr=0.1,seed=0", "lr=0.2,seed=0"]
+    assert member_labels(same) == {same[0]: "lr=0.1", same[1]: "lr=0.2"}
+    assert member_labels(["solo"]) == {"solo": "solo"}
+
+
+def test_layout_puts_live_runs_first_and_groups_sweeps() -> None:
+    def row(name: str, status: str, started: float = 0.0) -> RunRow:
+        return RunRow(path=f"/r/{name}", name=name, status=status, started=started)
+
+    rows = {r.path: r for r in (row("a", "finished"), row("b", "running", 10.0),
+                                row("sw/x=1", "finished"), row("sw/x=2", "running", 5.0),
+                                row("z-new", "running", 20.0))}
+    items = layout(rows, "", set())
+    assert [i.label for i in items] == ["z-new", "b", "sw", "x=2", "x=1", "a"]
+    assert items[2].row is None and items[2].members == 2 and items[2].live == 1
+    shut = layout(rows, "", {"sw"})
+    assert [i.label for i in shut] == ["z-new", "b", "sw", "a"] and shut[2].collapsed
+    assert [i.label for i in layout(rows, "x=1", set())] == ["sw", "x=1"]
+
+
+def test_names_with_terminal_escapes_are_shown_escaped() -> None:
+    from clipdash.tui.render import printable
+
+    assert printable("run\x1b]0;pwned\x07\n") == "run\\x1b]0;pwned\\x07\\n"
+    rows = {"/r/e": RunRow(path="/r/e", name="e\x1b[2J", status="finished")}
+    assert layout(rows, "", set())[0].label == "e\\x1b[2J"
+
+
+def test_the_reader_takes_its_clock(tmp_path: Path) -> None:
+    """A frozen clock one minute ahead: a live run's heartbeat is stale, so it reads "lost"."""
+    writer = make_run(tmp_path / "r", 10, state="running")
+    ahead = time.time() + 60
+    poller = Poller(tmp_path, clock=lambda: ahead)
+    rows = _tick(poller, subscribed(poller))
+    assert rows is not None and rows["r"].status == "lost"
+    now = Poller(tmp_path)
+    rows = _tick(now, subscribed(now))
+    assert rows is not None and rows["r"].status == "running"
+    writer.close()
+    for p in (poller, now):
+        for w in p.watches.values():
+            w.close()
+
+
+def test_finished_runs_sparklines_come_from_the_cache_the_second_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipdash.tui.sparkcache import SparkCache
+
+    runs = tmp_path / "runs"
+    make_run(runs / "done", 300, spike_at=100).close()
+    live = make_run(runs / "live", 30, state="running")
+    first = Poller(runs, cache=SparkCache(tmp_path / "cache.sqlite"))
+    rows = _tick(first, subscribed(first))
+    assert rows is not None and max(v for v in rows["done"].norm_spark if v) == 1000.0
+    for w in first.watches.values():
+        w.close()
+    first.cache.close()  # type: ignore[union-attr]
+
+    scans: list[str] = []
+    real = RunReader.bucket_stats
+
+    def counting(self: RunReader, *args: object, **kwargs: object) -> object:
+        scans.append(self.run_dir.name)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RunReader, "bucket_stats", counting)
+    second = Poller(runs, cache=SparkCache(tmp_path / "cache.sqlite"))
+    inbox = subscribed(second)
+    second.tick()  # one pass: the finished run's sparkline is there at once
+    published = [m for m in inbox.messages if isinstance(m, RunsUpdated)]
+    done = {r.name: r for r in published[-1].rows.values()}["done"]
+    assert done.norm_spark == rows["done"].norm_spark and done.loss_spark == rows["done"].loss_spark
+    while second.tick():
+        pass
+    assert scans == ["live"]  # only the live run was scanned
+    live.close()
+    for w in second.watches.values():
+        w.close()
+    # A changed file is not taken from the cache: a resumed and finished-again run is rescanned.
+    from clipdash.store.writer import RunWriter
+
+    writer = RunWriter(runs / "done", resume=True)
+    writer.append_steps(step_columns(300, 5))
+    writer.set_state("finished")
+    writer.close()
+    scans.clear()
+    third = Poller(runs, cache=SparkCache(tmp_path / "cache.sqlite"))
+    rows = _tick(third, subscribed(third))
+    assert "done" in scans and rows is not None and rows["done"].step == 304
+    for w in third.watches.values():
         w.close()

@@ -9,6 +9,7 @@ step survives as the max of its bucket.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,11 +87,23 @@ class Buckets:
                 self.counts[c].append(int(count or 0))
         self._compact()
 
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The contents in `RunReader.bucket_stats` form (what `load` takes back)."""
+        out = []
+        for j, b in enumerate(self.idx):
+            row: list[Any] = [b, self.lo[j], self.hi[j]]
+            for c in range(len(self.columns)):
+                row += [self.mins[c][j], self.maxs[c][j], self.sums[c][j], self.counts[c][j]]
+            out.append(tuple(row))
+        return out
+
     def add(self, steps: Sequence[int], values: Sequence[Sequence[Num]]) -> None:
-        """Fold rows in step order: `values[c][i]` is column c at `steps[i]`."""
+        """Fold rows in step order: `values[c][i]` is column c at `steps[i]`; as in the SQL
+        load, only finite values count (inf must not hide the largest finite value)."""
         if self.origin is None and steps:
             self.origin = int(steps[0])
         origin = self.origin or 0
+        values = [[v if v is None or math.isfinite(v) else None for v in col] for col in values]
         for i, step in enumerate(steps):
             b = (step - origin) // self.width
             if not self.idx or b > self.idx[-1]:

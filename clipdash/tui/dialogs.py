@@ -92,8 +92,10 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 HELP = """\
-[b]Run list[/b]  ↑↓ or mouse: select   Enter: open the run view   ← →: scroll
-          space: mark   c: compare marked runs   /: filter   Esc: clear it
+[b]Run list[/b]  ↑↓ or mouse: select   Enter: open the run (on a sweep: fold it)
+          ← →: scroll the columns (the run names stay)   live runs come first
+          space: mark and move down   c: compare marked runs
+          /: filter   Esc: clear it
 [b]Steering[/b]  the selected run, from the list or the run view:
           p: pause / resume   m: set max_norm   l: set LR   s: stop (asks)
           r: rewind to the checkpoint before the latest alert (asks)
@@ -106,8 +108,8 @@ HELP = """\
 [b]Columns[/b]   grad norm: total pre-clip norm of the last step
           clip%: share of the last 100 steps that were clipped
           ~: sparklines of the whole run (grad norm: max of each bucket,
-          so a spike always shows)   it/s: steps per second
-[b]Markers[/b]   [bold cyan]▲[/] control   [bold red]✖[/] non-finite step   \
+          so a spike always shows; ✖: no finite value)   it/s: steps/s
+[b]Markers[/b]   [bold cyan]▲[/] control   [bold red]✖[/] non-finite step (top row of a plot)  \
 [green]◆[/] checkpoint
 
 ?, Esc: close this help   q: quit\

@@ -1,10 +1,18 @@
-"""What the background reader tells the UI: immutable snapshots wrapped in Textual messages."""
+"""What flows through the dashboard: immutable snapshots from the reader, wrapped in Messages.
+
+Data messages carry whole state (every row, the whole visible series), so a newer one can
+replace an older one still queued (`can_replace`): a busy UI skips stale frames instead of
+falling behind. They do not bubble: each goes to the widget that subscribed to it.
+Intent messages (open a run, steer it) bubble from a screen up to the App.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rich.text import Text
 from textual.message import Message
 
 from clipdash.tui.buckets import Band
@@ -30,6 +38,8 @@ class RunRow:
     loss_spark: tuple[Num, ...] = ()  # bucket means over the whole run
     norm_spark: tuple[Num, ...] = ()  # bucket maxima over the whole run
     message: str | None = None
+    started: Num = None  # unix time the run started (newest first among live runs)
+    read_only: bool = False
     alerts: int = 0  # spike alerts recorded
 
 
@@ -55,32 +65,56 @@ class DetailSnapshot:
     path: str
     bands: dict[str, Band]
     evals: dict[str, Band]
-    new_events: tuple[dict[str, Any], ...] = ()
+    events: tuple[dict[str, Any], ...] = ()  # the most recent events, oldest first
     markers: tuple[tuple[int, str], ...] = ()  # (step, kind) of every event with a step
-    params: ParamPanel | None = None  # None: unchanged since the last snapshot
-    config: str | None = None  # sent once: config.toml and the run's meta
-    first: bool = False
+    params: ParamPanel | None = None  # None: not read yet
+    config: str = ""  # the starting config and the values in effect now
 
 
-class RunsUpdated(Message):
-    """Rows that changed since the last message, and runs whose directory disappeared."""
+class _Data(Message, bubble=False):
+    """A snapshot for a subscriber; a newer one of the same kind and key replaces it."""
 
-    def __init__(self, rows: tuple[RunRow, ...], removed: tuple[str, ...] = ()) -> None:
+    key: object = None
+
+    def can_replace(self, message: Message) -> bool:
+        return type(message) is type(self) and getattr(message, "key", None) == self.key
+
+
+class RunsUpdated(_Data):
+    """Every run of the list (path -> row), and the paths that changed since the last one."""
+
+    def __init__(self, rows: Mapping[str, RunRow]) -> None:
         super().__init__()
         self.rows = rows
-        self.removed = removed
 
 
-class DetailUpdated(Message):
+class DetailUpdated(_Data):
     def __init__(self, snapshot: DetailSnapshot) -> None:
         super().__init__()
         self.snapshot = snapshot
+        self.key = snapshot.path
 
 
-class CompareUpdated(Message):
+class CompareUpdated(_Data):
     def __init__(self, bands: dict[str, dict[str, Band]]) -> None:
         super().__init__()
         self.bands = bands  # run path -> column -> band
+
+
+class ControlStatus(_Data):
+    """The last command sent from the dashboard and what became of it (for status lines)."""
+
+    def __init__(self, text: Text) -> None:
+        super().__init__()
+        self.text = text
+
+
+class ReaderProblem(Message):
+    """A run could not be read (damaged file, permission); shown once per run."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
 
 class ControlDone(Message):
@@ -94,9 +128,31 @@ class ControlDone(Message):
         self.text = text
 
 
-class ReaderProblem(Message):
-    """A run could not be read (damaged file, permission); shown once per run."""
+# -- intents: a screen asks the App ------------------------------------------------------
 
-    def __init__(self, text: str) -> None:
+
+class OpenRun(Message):
+    def __init__(self, path: str) -> None:
         super().__init__()
-        self.text = text
+        self.path = path
+
+
+class OpenCompare(Message):
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__()
+        self.paths = paths
+
+
+class Back(Message):
+    """Leave the run (or compare) view for the run list."""
+
+
+class Steer(Message):
+    """Pause/resume (`pause`), ask for a new value (`set`, with `key`), stop or rewind (both
+    ask first)."""
+
+    def __init__(self, path: str, action: str, key: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.action = action
+        self.key = key

@@ -6,6 +6,7 @@ No Textual and no I/O here: every function is unit-tested by looking at the char
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,13 @@ BRAILLE_BASE = 0x2800
 # Bit of each dot in a braille cell, indexed [row][col] (rows 0..3 top to bottom, cols 0..1).
 BRAILLE_BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
 GUTTER = 8  # y labels (7) and the axis character
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from a run directory (names, messages) with control characters escaped: an escape
+    code in a run name is shown as `\x1b[2J`, never obeyed by the terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 # -- numbers ------------------------------------------------------------------------------
@@ -187,20 +195,47 @@ def y_range(lines: Sequence[Line], log: bool | None) -> tuple[float, float, bool
     return lo, hi, bool(log)
 
 
+def nonfinite_columns(band: Band | None, x0: int, x1: int, cols: int) -> set[int]:
+    """Cell columns holding a step whose gradients were not finite (`band`: the `finite`
+    column; a bucket whose min is 0 has one)."""
+    out: set[int] = set()
+    if band is None:
+        return out
+    for lo, hi, vmin in zip(band.x_lo, band.x_hi, band.ymin, strict=True):
+        if vmin is not None and vmin < 1 and hi >= x0 and lo <= x1:
+            first, last = column_span(max(lo, x0), min(hi, x1), x0, x1, cols)
+            out.update(range(first, last + 1))
+    return out
+
+
 def render_plot(lines: Sequence[Line], width: int, height: int, *, log: bool | None = None,
-                x_range: tuple[int, int] | None = None,
-                markers: Sequence[Marker] = ()) -> list[Text]:
-    """`height` rows of `width` cells: y labels, a braille canvas, and an x axis with markers."""
+                x_range: tuple[int, int] | None = None, markers: Sequence[Marker] = (),
+                nonfinite: Band | None = None) -> list[Text]:
+    """`height` rows of `width` cells: y labels, a braille canvas, and an x axis with markers.
+
+    Values are scaled to the finite ones; where `nonfinite` (the `finite` column's band) says
+    a bucket had a non-finite step, a row of ✖ above the canvas marks it at its place."""
     cols, rows = width - GUTTER, height - 1
     if cols < 4 or rows < 1:
         return [Text("(too small)", style="dim")]
-    xs = [x for ln in lines if len(ln.band) for x in (ln.band.x_lo[0], ln.band.x_hi[-1])]
-    yr = y_range(lines, log)
-    if not xs or yr is None:
+    bands = [ln.band for ln in lines] + ([nonfinite] if nonfinite is not None else [])
+    xs = [x for b in bands if len(b) for x in (b.x_lo[0], b.x_hi[-1])]
+    if not xs:
         blank = [Text(" " * width) for _ in range(height)]
         blank[rows // 2] = Text("no data yet".center(width), style="dim")
         return blank
     x0, x1 = x_range if x_range is not None else (min(xs), max(xs))
+    flagged = nonfinite_columns(nonfinite, x0, x1, cols)
+    head: list[Text] = []
+    if flagged and rows >= 2:
+        rows -= 1
+        head = [_flag_row(flagged, cols)]
+    yr = y_range(lines, log)
+    if yr is None:
+        blank = [Text(" " * width) for _ in range(rows)]
+        blank[rows // 2] = Text(("no finite values" if flagged else "no data yet").center(width),
+                                style="dim")
+        return head + blank + [_x_axis(x0, x1, cols, markers, False)]
     lo, hi, use_log = yr
     dots_w, dots_h = cols * 2, rows * 4
     f = math.log10 if use_log else (lambda v: v)
@@ -237,7 +272,7 @@ def render_plot(lines: Sequence[Line], width: int, height: int, *, log: bool | N
                 dot(dx, dy, k)
             prev = span
 
-    out: list[Text] = []
+    out: list[Text] = list(head)
     labels = {0: fmt_num(hi), rows - 1: fmt_num(lo)}
     if rows >= 5:
         mid = rows // 2
@@ -255,6 +290,13 @@ def render_plot(lines: Sequence[Line], width: int, height: int, *, log: bool | N
         out.append(line)
     out.append(_x_axis(x0, x1, cols, markers, use_log))
     return out
+
+
+def _flag_row(flagged: set[int], cols: int) -> Text:
+    row = Text(no_wrap=True)
+    row.append("nonfin".rjust(GUTTER - 1) + "│", style="dim")
+    _append_runs(row, [("✖", "bold red") if c in flagged else (" ", "") for c in range(cols)])
+    return row
 
 
 def _x_axis(x0: int, x1: int, cols: int, markers: Sequence[Marker], log: bool) -> Text:

@@ -4,8 +4,9 @@ fold in only the rows written since the last look."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from clipdash.store.layout import DB_NAME
 from clipdash.store.reader import RunReader
@@ -39,9 +40,12 @@ def file_sig(db: str) -> Sig:
 class Tail:
     """Buckets of some step columns of one run, kept current by `refresh`."""
 
-    def __init__(self, columns: Sequence[str], cap: int) -> None:
+    def __init__(self, columns: Sequence[str], cap: int,
+                 only: Mapping[str, Collection[str]] | None = None) -> None:
+        """`only`: the aggregates read per column (see `RunReader.bucket_stats`)."""
         self.columns = tuple(columns)
         self.buckets = Buckets(self.columns, cap)
+        self.only = only
         self.ready = False
 
     @property
@@ -73,9 +77,18 @@ class Tail:
         self.buckets.add(rows["step"], [rows[c] for c in self.columns])
         return True
 
+    def saved(self) -> tuple[list[tuple[Any, ...]], int, int]:
+        """(rows, origin, width): what `restore` takes back (for the spark cache)."""
+        return self.buckets.rows(), self.buckets.origin or 0, self.buckets.width
+
+    def restore(self, rows: Sequence[Sequence[Any]], origin: int, width: int) -> None:
+        self.buckets.load(rows, origin, width)
+        self.ready = True
+
     def _load(self, reader: RunReader, last: int) -> None:
         first = reader.first_step()
         origin = first if first is not None else 0
         width = width_for(origin, last, self.buckets.cap)
-        self.buckets.load(reader.bucket_stats(self.columns, width, origin), origin, width)
+        self.buckets.load(reader.bucket_stats(self.columns, width, origin, only=self.only),
+                          origin, width)
         self.ready = True

@@ -8,20 +8,20 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widget import Widget
 
+from clipdash.tui.buckets import Band
+from clipdash.tui.columns import STATUS_STYLES
 from clipdash.tui.messages import ParamPanel, RunRow
-from clipdash.tui.render import GUTTER, Line, Marker, fmt_num, fmt_step, render_plot, sparkline
+from clipdash.tui.render import (
+    GUTTER,
+    Line,
+    Marker,
+    fmt_num,
+    fmt_step,
+    printable,
+    render_plot,
+    sparkline,
+)
 
-SPARK_W = 8
-STATUS_STYLES = {
-    "running": "bold green",
-    "paused": "bold yellow",
-    "finished": "blue",
-    "stopped": "magenta",
-    "failed": "bold red",
-    "lost": "bold red",
-    "error": "red",
-    "unknown": "dim",
-}
 EVENT_STYLES = {
     "control": ("▲", "bold cyan"),
     "nonfinite": ("✖", "bold red"),
@@ -48,61 +48,12 @@ def event_marker(step: int, kind: str) -> Marker:
     return Marker(step, char, style)
 
 
-# -- the run list -------------------------------------------------------------------------
-
-# (key, header, width); width None: sized to the names. Most telling columns first, so that an
-# 80-column terminal shows them and scrolls sideways to the rest.
-RUN_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
-    ("name", "run", None),
-    ("status", "status", 8),
-    ("step", "step", 11),
-    ("loss", "loss", 7),
-    ("grad", "grad norm", 9),
-    ("max_norm", "max_norm", 8),
-    ("clip", "clip%", 5),
-    ("grad_spark", "grad ~", SPARK_W),
-    ("loss_spark", "loss ~", SPARK_W),
-    ("lr", "lr", 7),
-    ("rate", "it/s", 5),
-)
-
-
-def _right(text: str, style: str = "") -> Text:
-    return Text(text, style=style, justify="right")
-
-
-def row_cells(row: RunRow, marked: bool = False) -> tuple[Text, ...]:
-    clip = "-" if row.clip_rate is None else f"{row.clip_rate * 100:.0f}%"
-    return (
-        _name_cell(row, marked),
-        Text(row.status, style=STATUS_STYLES.get(row.status, "")),
-        _right(fmt_step(row.step, row.total)),
-        _right(fmt_num(row.loss)),
-        _right(fmt_num(row.grad_norm)),
-        _right(fmt_num(row.max_norm)),
-        _right(clip, "bold red" if (row.clip_rate or 0) >= 0.5 else ""),
-        Text(sparkline(row.norm_spark, SPARK_W, "max"), style="yellow"),
-        Text(sparkline(row.loss_spark, SPARK_W, "mean"), style="cyan"),
-        _right(fmt_num(row.lr)),
-        _right(fmt_num(row.rate, 5)),
-    )
-
-
-def _name_cell(row: RunRow, marked: bool) -> Text:
-    """The run's name; a run with spike alerts stands out (`!N`, the count, in red)."""
-    text = Text(("● " if marked else "  ") + elide(row.name, 28, keep="middle"),
-                style="bold" if marked else "")
-    if row.alerts:
-        text.append(f" !{row.alerts}", style="bold red")
-    return text
-
-
 def run_headline(row: RunRow | None, path: str) -> Text:
     """The one-line summary at the top of the run view."""
     if row is None:
         return Text(path, style="bold")
     clip = "-" if row.clip_rate is None else f"{row.clip_rate * 100:.0f}%"
-    text = Text.assemble((row.name, "bold"), "  ",
+    text = Text.assemble((printable(row.name), "bold"), "  ",
                          (row.status, STATUS_STYLES.get(row.status, "")))
     for label, value in (("step", fmt_step(row.step, row.total)), ("it/s", fmt_num(row.rate)),
                          ("loss", fmt_num(row.loss)), ("grad", fmt_num(row.grad_norm)),
@@ -110,8 +61,10 @@ def run_headline(row: RunRow | None, path: str) -> Text:
                          ("lr", fmt_num(row.lr))):
         text.append(f"  {label} ", style="dim")
         text.append(value)
+    if row.read_only:
+        text.append("  read-only", style="yellow")
     if row.message and row.status in ("failed", "stopped", "error"):
-        text.append(f"  {row.message}", style="red")
+        text.append(f"  {printable(row.message)}", style="red")
     return text
 
 
@@ -162,6 +115,7 @@ class Plot(Widget):
         self.log_scale: bool | None = None
         self._lines: tuple[Line, ...] = ()
         self._markers: tuple[Marker, ...] = ()
+        self._nonfinite: Band | None = None
         self._cache: tuple[tuple[int, int, bool | None], Text] | None = None
 
     @property
@@ -169,11 +123,14 @@ class Plot(Widget):
         """Horizontal resolution of the canvas, in braille dots."""
         return max(0, (self.content_size.width - GUTTER) * 2)
 
-    def set_data(self, lines: Sequence[Line], markers: Sequence[Marker] = ()) -> None:
+    def set_data(self, lines: Sequence[Line], markers: Sequence[Marker] = (),
+                 nonfinite: Band | None = None) -> None:
+        """`nonfinite`: the `finite` column's band; buckets with a non-finite step are marked."""
         lines, markers = tuple(lines), tuple(markers)
-        if lines == self._lines and markers == self._markers:
+        if lines == self._lines and markers == self._markers and nonfinite == self._nonfinite:
             return
         self._lines, self._markers, self._cache = lines, markers, None
+        self._nonfinite = nonfinite
         legend = "  ".join(f"[{ln.style}]{'·' if ln.points else '━'} {ln.label}[/]"
                            for ln in lines if ln.label)
         self.border_title = f"{self.title}  {legend}" if legend else self.title
@@ -188,16 +145,42 @@ class Plot(Widget):
         w, h = self.content_size
         key = (w, h, self.log_scale)
         if self._cache is None or self._cache[0] != key:
-            rows = render_plot(self._lines, w, h, log=self.log_scale, markers=self._markers)
+            rows = render_plot(self._lines, w, h, log=self.log_scale, markers=self._markers,
+                               nonfinite=self._nonfinite)
             self._cache = (key, Text("\n", no_wrap=True).join(rows))
         return self._cache[1]
 
 
+class TextLine(Widget):
+    """One line of text that changes often (a headline, a status line). Unlike Static.update,
+    which relayouts the whole screen (~50 ms with four plots), a change repaints this line only."""
+
+    DEFAULT_CSS = "TextLine { height: 1; }"
+
+    def __init__(self, text: Text | str = "", *, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._text = Text(text) if isinstance(text, str) else text
+
+    def update(self, text: Text | str) -> None:
+        text = Text(text) if isinstance(text, str) else text
+        if text != self._text:
+            self._text = text
+            self.refresh()
+
+    @property
+    def text(self) -> Text:
+        return self._text
+
+    def render(self) -> Text:
+        return self._text
+
+
 # The steering keys, the same on the run list and in the run view (DESIGN.md's key contract).
 STEER_BINDINGS = [
-    Binding("p", "pause", "pause/resume"),
+    Binding("p", "pause", "pause"),
     Binding("m", "set('max_norm')", "max_norm"),
-    Binding("l", "set('lr')", "LR"),
+    Binding("l", "set('lr')", "lr"),
     Binding("s", "stop", "stop"),
     Binding("r", "rewind", "rewind"),
 ]
