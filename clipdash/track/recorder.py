@@ -298,6 +298,8 @@ class Recorder(threading.Thread):
         """`first` and the batches of steps queued right behind it (one write for all: with a
         steering alert action every step is its own batch); the next other item, if taken."""
         batches = [first]
+        if self.watch is None or not self.watch.options.steers:
+            return batches, None  # batches are already large: one write each, as handed over
         while len(batches) < MAX_COALESCED:
             try:
                 item = self.items.get_nowait()
