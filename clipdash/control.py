@@ -32,7 +32,7 @@ from clipdash.store.commands import (
 from clipdash.store.layout import DB_NAME, DEFAULT_RUNS_DIR, RunNotFound, resolve_run
 from clipdash.store.schema import StoreError
 
-ACTIONS = ("pause", "resume", "stop")
+ACTIONS = ("pause", "resume", "stop", "rewind")
 SOURCES = ("cli", "dashboard", "api")
 DEFAULT_TIMEOUT_S = 15.0
 POLL_S = 0.02
@@ -71,7 +71,9 @@ def send(run: str | Path, action: str, key: str | None = None, value: str | floa
          runs_dir: str | Path = DEFAULT_RUNS_DIR) -> CommandResult:
     """Queue a command and (by default) wait for the trainer to apply or reject it.
 
-    `action` is pause, resume, stop or set (with `key` and `value`). Returns the trainer's
+    `action` is pause, resume, stop, set (with `key` and `value`) or rewind (`key`: the step
+    the restored checkpoint may be at most, default the latest alert's; `value`: batches to
+    skip, default the run's `rewind_skip`). Returns the trainer's
     CommandResult (state "applied", the step it took effect from, the trainer's message), or
     with `wait=False` a "pending" one. Raises ControlError for a bad command, a run that is not
     running or paused, or a rejection; ControlTimeout after `timeout` seconds without an answer.
@@ -87,8 +89,12 @@ def send(run: str | Path, action: str, key: str | None = None, value: str | floa
         if key is None or value is None:
             raise ControlError("set needs KEY=VALUE, e.g. set max_norm=0.5")
         text = repr(parse_setting(key, value))
+    elif action == "rewind":
+        key, text = (None if v is None else str(_count(name, v))
+                     for name, v in (("--to", key), ("--skip", value)))
     elif action not in ACTIONS:
-        raise ControlError(f"unknown action {action!r} (pause, resume, stop, set KEY=VALUE)")
+        raise ControlError(f"unknown action {action!r} (pause, resume, stop, rewind, "
+                           "set KEY=VALUE)")
     elif key is not None or value is not None:
         raise ControlError(f"{action} takes no value")
     try:
@@ -104,10 +110,24 @@ def send(run: str | Path, action: str, key: str | None = None, value: str | floa
                            "it takes no commands")
     if action == "set":
         _check_settable(run_dir, info, key or "")
+    if action == "rewind" and info.get("rewind") is False:
+        raise ControlError(f"run {run_dir.name} cannot rewind: its training loop gave the "
+                           "Tracker no on_rewind (clipdash run and the integrations can)")
     command_id = submit(run_dir, action, key, text, source)
     if not wait:
         return CommandResult(command_id, "pending", None, None)
     return wait_for(run_dir, command_id, timeout)
+
+
+def _count(name: str, value: str | float) -> int:
+    """A step or batch count: an integer >= 0."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ControlError(f"{name}: {value!r} is not an integer") from None
+    if number < 0:
+        raise ControlError(f"{name}: must be >= 0, got {value!r}")
+    return number
 
 
 def _check_settable(run_dir: Path, info: dict[str, object], key: str) -> None:
@@ -177,3 +197,12 @@ def set_value(run: str | Path, key: str, value: str | float, *, source: str = "a
     """Set max_norm, lr, max_value (or an adaptive mode's threshold) from the next step."""
     return send(run, "set", key, value, source=source, wait=wait, timeout=timeout,
                 runs_dir=runs_dir)
+
+
+def rewind(run: str | Path, to: int | None = None, skip: int | None = None, *,
+           source: str = "api", wait: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+           runs_dir: str | Path = DEFAULT_RUNS_DIR) -> CommandResult:
+    """Restore the newest checkpoint at or before step `to` (default: before the latest alert)
+    in the running process, skip `skip` batches, continue; the record is replaced from there."""
+    return send(run, "rewind", None if to is None else str(to), skip, source=source, wait=wait,
+                timeout=timeout, runs_dir=runs_dir)

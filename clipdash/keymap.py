@@ -14,6 +14,7 @@ DASHBOARD_KEYS: tuple[tuple[str, str], ...] = (
     ("m", "set max_norm"),
     ("l", "set the learning rate"),
     ("s", "stop (asks for confirmation: y / n)"),
+    ("r", "rewind to the checkpoint before the latest alert (asks: y / n)"),
     ("space", "mark a run for comparing"),
     ("c", "compare the marked runs"),
     ("/", "filter runs by name or status"),

@@ -1,4 +1,8 @@
-"""`clipdash ctl [RUN] pause|resume|stop` and `clipdash ctl [RUN] set KEY=VALUE`.
+"""`clipdash ctl [RUN] pause|resume|stop|rewind` and `clipdash ctl [RUN] set KEY=VALUE`.
+
+`rewind [--to STEP] [--skip N]` restores the newest checkpoint at or before STEP (default: the
+one before the latest alert) in the running process and skips N batches (default: the run's
+`[alerts] rewind_skip`).
 
 RUN may be a unique prefix or `@latest`, and may be left out when exactly one run in
 --runs-dir is live (running or paused, its trainer alive).
@@ -36,11 +40,17 @@ def epilog() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.usage = ("%(prog)s [RUN] pause|resume|stop|set KEY=VALUE "
-                    "[--no-wait] [--timeout S] [--runs-dir DIR]")
+    parser.usage = ("%(prog)s [RUN] pause|resume|stop|rewind|set KEY=VALUE "
+                    "[--to STEP] [--skip N] [--no-wait] [--timeout S] [--runs-dir DIR]")
     parser.add_argument("words", nargs="+", metavar="[RUN] ACTION [KEY=VALUE]",
                         help="RUN: run directory, name, unique prefix or @latest (optional when "
-                        "one run is live); ACTION: pause, resume, stop or set KEY=VALUE")
+                        "one run is live); ACTION: pause, resume, stop, rewind or set KEY=VALUE")
+    parser.add_argument("--to", type=int, metavar="STEP",
+                        help="rewind: the newest checkpoint at or before STEP (default: the "
+                        "one before the latest alert)")
+    parser.add_argument("--skip", type=int, metavar="N",
+                        help="rewind: data batches to skip after restoring (default: the run's "
+                        "[alerts] rewind_skip)")
     parser.add_argument("--no-wait", action="store_true",
                         help="queue the command and return without waiting for the trainer")
     parser.add_argument("--timeout", type=float, default=15.0, metavar="S",
@@ -90,13 +100,18 @@ def run(args: argparse.Namespace) -> int:
     from clipdash import control
 
     run_arg, action, setting = split_words(args.words)
-    key = value = None
+    key: str | None = None
+    value: str | int | None = None
     if action == "set":
         if not setting or "=" not in setting:
             raise UsageError("set needs KEY=VALUE, e.g. `clipdash ctl RUN set max_norm=0.5`")
         key, value = (s.strip() for s in setting.split("=", 1))
     elif setting:
         raise UsageError(f"{action} takes no value (got {setting!r})")
+    if action == "rewind":
+        key, value = None if args.to is None else str(args.to), args.skip
+    elif args.to is not None or args.skip is not None:
+        raise UsageError(f"--to and --skip go with rewind, not {action}")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be > 0, got {args.timeout:g}")
     target = run_arg if run_arg is not None else only_live_run(args.runs_dir)

@@ -1,8 +1,9 @@
-"""`clipdash ls [RUNS_DIR] [--json]`: runs with status, step, last loss and max_norm.
+"""`clipdash ls [RUNS_DIR] [--json]`: runs with status, step, last loss, max_norm and alerts.
 
 STEPS in the table and `steps` in the JSON are the same number: steps recorded (the last
 0-based `step` + 1), of `total_steps`. The JSON's `step` is that last 0-based step, the number
-`export` and the store use. Floats follow clipdash.jsonfmt ("inf", "-inf", "nan").
+`export` and the store use. ALERTS / `alerts`: spike alerts recorded. Floats follow
+clipdash.jsonfmt ("inf", "-inf", "nan").
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
     if not summaries:
         print(f"no runs in {args.runs_dir}/")
         return 0
-    header = ("RUN", "STATUS", "STEPS", "LOSS", "GRAD_NORM", "MAX_NORM", "LR")
+    header = ("RUN", "STATUS", "STEPS", "LOSS", "GRAD_NORM", "MAX_NORM", "LR", "ALERTS")
     rows = [header] + [
         (shown(n), s.status,
          str(_steps(s.step)) + ("/" + _fmt(s.total_steps, "d") if s.total_steps else ""),
-         _fmt(s.loss), _fmt(s.grad_norm_pre), _fmt(s.max_norm), _fmt(s.lr))
+         _fmt(s.loss), _fmt(s.grad_norm_pre), _fmt(s.max_norm), _fmt(s.lr),
+         str(s.alerts) if s.alerts else "-")
         for n, s in summaries
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

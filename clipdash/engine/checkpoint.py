@@ -67,9 +67,10 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest(run_dir: Path) -> Path | None:
-    found = _checkpoints(run_dir)
-    return found[-1][1] if found else None
+def latest(run_dir: Path, at_most: int | None = None) -> Path | None:
+    """The newest checkpoint, or the newest taken after at most `at_most` steps."""
+    found = [path for step, path in _checkpoints(run_dir) if at_most is None or step <= at_most]
+    return found[-1] if found else None
 
 
 def step_of(path: Path) -> int:

@@ -32,6 +32,7 @@ from clipdash.engine.distconfig import DistributedConfig
 from clipdash.engine.distconfig import parse as parse_distributed
 from clipdash.engine.errors import ConfigError, did_you_mean
 from clipdash.store.names import check_run_name
+from clipdash.track.alerts import AlertOptions, AlertOptionsError
 
 __all__ = [
     "ClipConfig", "Config", "ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig",
@@ -180,6 +181,8 @@ class Config:
     """[train]"""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """[distributed]: strategy and backend under torchrun."""
+    alerts: AlertOptions = field(default_factory=AlertOptions)
+    """[alerts]: spike alerts and what they do (track/alerts.py documents every key)."""
     seed: int = 0
     """Seeds torch (model init) and the built-in data generators."""
     device: str = "auto"
@@ -204,6 +207,7 @@ class Config:
         d["clip"] = {k: getattr(self.clip, k) for k in self.clip.__dataclass_fields__}
         d["train"] = {k: getattr(self.train, k) for k in self.train.__dataclass_fields__}
         d["distributed"] = self.distributed.to_dict()
+        d["alerts"] = self.alerts.to_dict()
         d["sweep"] = self.sweep
         return _drop_none(d)
 
@@ -370,7 +374,8 @@ class Table:
                 raise self.error(k, f"unknown key{context}{did_you_mean(k, known)}")
 
 
-_SECTIONS = ("model", "data", "optimizer", "scheduler", "clip", "train", "distributed", "sweep")
+_SECTIONS = ("model", "data", "optimizer", "scheduler", "clip", "train", "distributed", "alerts",
+             "sweep")
 _TOP_KEYS = ("seed", "device", "name")
 
 
@@ -404,12 +409,13 @@ def config_from_dict(raw: dict[str, Any], source: str) -> Config:
         scheduler = optim.validate_scheduler(Table(raw["scheduler"], "scheduler", source))
     clip = _clip(Table(raw.get("clip", {}), "clip", source))
     train = _train(Table(raw.get("train", {}), "train", source), data)
+    alerts = _alerts(Table(raw.get("alerts", {}), "alerts", source))
     sweep = _sweep(raw["sweep"], source) if "sweep" in raw else None
     distributed = parse_distributed(Table(raw.get("distributed", {}), "distributed", source),
                                     device)
     cfg = Config(model=model, data=data, optimizer=optimizer, scheduler=scheduler, clip=clip,
-                 train=train, distributed=distributed, seed=seed, device=device, name=name,
-                 sweep=sweep, source=source)
+                 train=train, distributed=distributed, alerts=alerts, seed=seed, device=device,
+                 name=name, sweep=sweep, source=source)
     # Values torch itself rejects (momentum=-1, SequentialLR milestones that don't fit) only
     # show up on construction; do it now, on a dummy parameter, while exit 2 is still possible.
     optim.dry_run(cfg)
@@ -525,6 +531,17 @@ def _train(t: Table, data: DataConfig) -> TrainConfig:
     threads = t.get("threads", Spec(None, "int", lo=1, hi=4096))
     t.finish([*TrainConfig.__dataclass_fields__])
     return TrainConfig(epochs, max_steps, loss, eval_every, checkpoint_every, threads)
+
+
+def _alerts(t: Table) -> AlertOptions:
+    known = list(AlertOptions.__dataclass_fields__)
+    t.seen.update(known)
+    t.finish(known)
+    try:
+        return AlertOptions(**{k: t.raw[k] for k in known if k in t.raw})
+    except AlertOptionsError as exc:  # "window must be ...": the key is the first word
+        key, _, problem = str(exc).partition(" ")
+        raise t.error(key, problem) from None
 
 
 def _sweep(raw: Any, source: str, path: str = "sweep") -> dict[str, Any]:

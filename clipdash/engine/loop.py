@@ -159,6 +159,7 @@ class Trainer:
         self.last_eval_step = -1
         self.tracker_state: dict[str, Any] | None = None
         self.restored_from: Path | None = None  # the checkpoint a resumed run continues from
+        self.rewound = False  # a rewind restored a checkpoint inside tracker.step()
         self.lead = ranks.is_leader()  # records, checkpoints and shows progress
         self.hooks = hooks or LoopHooks()
         self.ended_early = False  # a hook ended training before total_steps
@@ -167,7 +168,8 @@ class Trainer:
         self.tracker = Tracker(
             s.model, s.optimizer, s.driver.scheduler if s.driver else None,
             run_dir=run_dir, total_steps=s.total_steps, checkpoint=self._checkpoint,
-            start_step=self.step, resume=resume, meta=meta, **tracker_options(s.cfg.clip))
+            start_step=self.step, resume=resume, meta=meta, alerts=s.cfg.alerts,
+            on_rewind=self._rewind, **tracker_options(s.cfg.clip))
         if self.tracker_state:
             self.tracker.load_state_dict(self.tracker_state)
         if resume and self.restored_from is not None:
@@ -227,8 +229,25 @@ class Trainer:
     def _restore(self) -> None:
         """Load the latest checkpoint; without one the run starts over in the same directory."""
         path = checkpoint.latest(self.run_dir)
+        if path is not None:
+            self._load(path)
+
+    def _rewind(self, before: int, skip: int) -> int | None:
+        """Tracker(on_rewind=...): back to the newest checkpoint after at most `before` steps,
+        in this process, then `skip` batches further; the loop restarts its data there."""
+        path = checkpoint.latest(self.run_dir, at_most=before)
         if path is None:
-            return
+            return None
+        self._load(path)
+        if self.tracker_state:
+            self.tracker.load_state_dict(self.tracker_state)
+        epoch, batch = self.position
+        per_epoch = self.s.steps_per_epoch
+        self.position = (epoch + (batch + skip) // per_epoch, (batch + skip) % per_epoch)
+        self.rewound = True
+        return self.step
+
+    def _load(self, path: Path) -> None:
         s = self.s
         state = checkpoint.load(path)  # CheckpointError (one line) if unsafe or unreadable
         try:
@@ -291,6 +310,9 @@ class Trainer:
                 tracker.step(loss, epoch)
                 if self.step == first:
                     tracker.flush(wait=False)
+                if self.rewound:  # tracker.step() restored a checkpoint: new data position
+                    self.rewound = False
+                    break
                 if hooks.after_step(self, self.step - 1, loss):
                     self.ended_early = True
                     break

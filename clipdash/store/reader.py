@@ -75,6 +75,8 @@ class RunSummary:
     started: float | None
     heartbeat: float | None
     message: str | None
+    alerts: int = 0
+    """Spike alerts recorded (events of kind `alert`)."""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -251,6 +253,8 @@ class RunReader:
             started=st.get("started"),
             heartbeat=st.get("heartbeat"),
             message=st.get("message"),
+            alerts=self.conn.execute(
+                "SELECT COUNT(*) FROM events WHERE kind = 'alert'").fetchone()[0],
         )
 
     @_guarded
@@ -473,14 +477,15 @@ class RunReader:
             "SELECT l.step, l.loss, l.grad_norm_pre, l.max_norm, l.lr, l.wall_time, l.max_value, "
             "b.step, "
             "b.wall_time, (SELECT AVG(clipped) FROM (SELECT clipped FROM steps "
-            "ORDER BY step DESC LIMIT :cw)) FROM l, b",
+            "ORDER BY step DESC LIMIT :cw)), "
+            "(SELECT COUNT(*) FROM events WHERE kind = 'alert') FROM l, b",
             {"rw": max(1, rate_window), "cw": max(1, clip_window)}).fetchone()
         if row is None:
             return None
-        step, loss, grad, max_norm, lr, t1, max_value, s0, t0, clip_rate = tuple(row)
+        step, loss, grad, max_norm, lr, t1, max_value, s0, t0, clip_rate, alerts = tuple(row)
         rate = (step - s0) / (t1 - t0) if step > s0 and t1 > t0 else None
         return {"step": step, "loss": loss, "grad_norm": grad, "max_norm": max_norm, "lr": lr,
-                "max_value": max_value, "clip_rate": clip_rate, "rate": rate}
+                "max_value": max_value, "clip_rate": clip_rate, "rate": rate, "alerts": alerts}
 
     def _bounds(self, start: int | None, end: int | None) -> tuple[int | None, int | None]:
         row = self.conn.execute("SELECT MIN(step), MAX(step) FROM steps").fetchone()

@@ -7,6 +7,7 @@ milliseconds for the lock.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -158,12 +159,14 @@ class RunWriter:
                 (step, time.time(), kind, message, json.dumps(data) if data else None),
             )
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int, keep: Sequence[str] = ("resume",)) -> None:
         """Forget what was recorded after `step` (resume from the checkpoint taken after it).
 
         Events at step + 1 recorded before that checkpoint's own event (commands applied at the
-        boundary, the pause) happened before the save and stay; resume events always stay.
+        boundary, the pause) happened before the save and stay; events of the kinds in `keep`
+        always stay (resume; a rewind also keeps its alerts).
         """
+        marks = ", ".join("?" * len(keep)) or "NULL"
         with self._tx():
             self.conn.execute("DELETE FROM steps WHERE step > ?", (step,))
             self.conn.execute("DELETE FROM evals WHERE step > ?", (step,))
@@ -171,11 +174,24 @@ class RunWriter:
                 "SELECT MAX(id) FROM events WHERE step = ? AND kind = 'checkpoint'",
                 (step + 1,)).fetchone()[0]
             self.conn.execute(
-                "DELETE FROM events WHERE kind != 'resume' AND (step > ? OR (step = ? AND "
-                "id > ?))", (step + 1, step + 1, -1 if saved is None else saved))
+                f"DELETE FROM events WHERE kind NOT IN ({marks}) AND (step > ? OR (step = ? "
+                "AND id > ?))", (*keep, step + 1, step + 1, -1 if saved is None else saved))
             # last_step only grows while appending; a truncation is the one place it goes back.
             self.conn.execute("UPDATE status SET last_step = (SELECT MAX(step) FROM steps) "
                               "WHERE id = 1")
+
+    def history(self, columns: Sequence[str], before: int, n: int) -> dict[str, list[float]]:
+        """The last `n` recorded values of each step column before step `before`, oldest first
+        (NaN for NULL)."""
+        names = [f.name for f in STEP_FIELDS]
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise KeyError(unknown[0])
+        rows = self.conn.execute(
+            f"SELECT {', '.join(columns)} FROM steps WHERE step < ? ORDER BY step DESC LIMIT ?",
+            (before, n)).fetchall()[::-1]
+        return {c: [math.nan if r[i] is None else float(r[i]) for r in rows]
+                for i, c in enumerate(columns)}
 
     def events_at(self, step: int) -> list[tuple[int, str, str]]:
         """(step, kind, message) of the events recorded at `step`, in order."""

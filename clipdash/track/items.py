@@ -56,6 +56,13 @@ class RejectPending:
 
 
 @dataclass(frozen=True)
+class Rewind:
+    """The run went back to the state after `step` steps: the record is replaced from there."""
+
+    step: int
+
+
+@dataclass(frozen=True)
 class Barrier:
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -65,4 +72,5 @@ class Close:
     pass
 
 
-Item = Steps | Eval | Event | State | Resolve | ParamsAdded | RejectPending | Barrier | Close
+Item = (Steps | Eval | Event | State | Resolve | ParamsAdded | RejectPending | Rewind | Barrier
+        | Close)

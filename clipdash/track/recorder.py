@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from clipdash.store.layout import DB_NAME, is_run_dir
 from clipdash.store.lock import RunLock, acquire
 from clipdash.store.writer import RunWriter
+from clipdash.track.alerts import METRICS, Alert, AlertOptions, SpikeWatch
 from clipdash.track.items import (
     Barrier,
     Close,
@@ -37,6 +40,7 @@ from clipdash.track.items import (
     ParamsAdded,
     RejectPending,
     Resolve,
+    Rewind,
     State,
     Steps,
 )
@@ -45,6 +49,7 @@ from clipdash.track.steering import Command
 HEARTBEAT_S = 1.0
 COMMAND_POLL_S = 0.1
 BARRIER_POLL_S = 0.1
+MAX_COALESCED = 64  # queued batches of steps written as one (a writer that fell behind)
 
 
 class RecordError(RuntimeError):
@@ -115,6 +120,7 @@ class Setup:
     per_param_scalars: bool
     record_params: bool
     nonfinite_events: bool = False  # the writer reports non-finite streaks (device skip)
+    alerts: AlertOptions | None = None  # the writer checks every step for spikes (alerts.py)
 
 
 class Recorder(threading.Thread):
@@ -139,6 +145,9 @@ class Recorder(threading.Thread):
         self._seen_commands: set[int] = set()
         self._last_beat = 0.0
         self._last_poll = 0.0
+        self.watch = SpikeWatch(setup.alerts) if setup.alerts and setup.record else None
+        self.last_alert: int | None = None  # the step of the latest alert
+        self._checked = threading.Condition()
         if setup.record:
             self._open_store()
 
@@ -267,6 +276,9 @@ class Recorder(threading.Thread):
                 item: Item | None = self.items.get(timeout=COMMAND_POLL_S)
             except queue.Empty:
                 item = None
+            if isinstance(item, Steps):
+                batches, item = self._take_steps(item)
+                self._guard(self._write_steps, batches)
             if isinstance(item, Close):
                 self._guard(self._flush)
                 return
@@ -282,16 +294,45 @@ class Recorder(threading.Thread):
                 self._last_beat = now
                 self._guard(self.store.heartbeat)
 
+    def _take_steps(self, first: Steps) -> tuple[list[Steps], Item | None]:
+        """`first` and the batches of steps queued right behind it (one write for all: with a
+        steering alert action every step is its own batch); the next other item, if taken."""
+        batches = [first]
+        if self.watch is None or not self.watch.options.steers:
+            return batches, None  # batches are already large: one write each, as handed over
+        while len(batches) < MAX_COALESCED:
+            try:
+                item = self.items.get_nowait()
+            except queue.Empty:
+                return batches, None
+            if not isinstance(item, Steps):
+                return batches, item
+            batches.append(item)
+        return batches, None
+
+    def _write_steps(self, batches: list[Steps]) -> None:
+        try:
+            if self.error is not None:  # nothing is recorded past a gap
+                return
+            parts = [b.batch.columns(self.setup.record_params) for b in batches]
+        finally:
+            for b in batches:  # the training thread may be waiting for a free slot
+                b.batch.release_slot()
+        cols = parts[0] if len(parts) == 1 else {
+            key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        # Checked before the (slower) sink writes: a steering action waits for the verdict.
+        alerts = self.watch.check(cols) if self.watch is not None else []
+        self._queue_actions(alerts)
+        for sink in self.sinks:
+            sink.write_steps(cols)
+        if self.setup.nonfinite_events:
+            self._nonfinite_events(cols)
+        for alert in alerts:
+            self._handle(Event(alert.step, "alert", alert.message, alert.data))
+
     def _handle(self, item: Item) -> None:
         if isinstance(item, Steps):
-            if self.error is not None:  # nothing is recorded past a gap
-                item.batch.release_slot()
-                return
-            cols = item.batch.columns(self.setup.record_params)
-            for sink in self.sinks:
-                sink.write_steps(cols)
-            if self.setup.nonfinite_events:
-                self._nonfinite_events(cols)
+            self._write_steps([item])
             return
         if self.error is not None:
             return  # the run is marked failed: later records would describe a broken run
@@ -321,6 +362,47 @@ class Recorder(threading.Thread):
                 sink.set_param_names(item.names)
         elif isinstance(item, RejectPending):
             self.store.reject_pending(item.message)
+        elif isinstance(item, Rewind):
+            self._rewind(item.step)
+
+    # -- alerts and rewinds -----------------------------------------------------------------
+
+    def _queue_actions(self, alerts: list[Alert]) -> None:
+        """One command per alerted step when the action steers the run (the training thread
+        applies it at its next boundary, like a `clipdash ctl` command); wake its wait."""
+        if self.watch is None:
+            return
+        options = self.watch.options
+        steps: list[int] = []
+        for alert in alerts:
+            self.last_alert = alert.step
+            if options.steers and alert.step not in steps:
+                steps.append(alert.step)
+                self.inbox.append(Command(0, "alert", options.action, str(alert.step),
+                                          str(options.rewind_skip)))
+        with self._checked:
+            self._checked.notify_all()
+
+    def wait_checked(self, step: int) -> None:
+        """Return once step `step` was checked for alerts (or the writer cannot check it)."""
+        watch = self.watch
+        if watch is None:
+            return
+        with self._checked:
+            while watch.checked < step and self.error is None and self.is_alive():
+                self._checked.wait(BARRIER_POLL_S)
+
+    def _rewind(self, step: int) -> None:
+        """The run continues from the state after `step` steps: what was recorded from `step`
+        on is replaced (the alerts and rewind events stay), in the store and in TensorBoard."""
+        assert self.store is not None
+        self.store.truncate_after(step - 1, keep=("resume", "alert", "rewind"))
+        for sink in self.sinks:
+            if hasattr(sink, "purge"):
+                sink.purge(step)
+        if self.watch is not None:
+            metrics = [metric for metric, _ in METRICS]
+            self.watch.reset(self.store.history(metrics, step, self.watch.options.window), step)
 
     def _nonfinite_events(self, cols: dict[str, Any]) -> None:
         """One event per streak of non-finite steps, from the record (the device skipped them:

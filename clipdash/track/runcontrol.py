@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from clipdash.track import distributed
-from clipdash.track.steering import Command, Steering
+from clipdash.track.steering import Command, Outcome, Steering
 
 PAUSE_POLL_S = 0.05
 Observer = Callable[[str, str | None], None]
@@ -32,6 +32,7 @@ class Host(Protocol):
     def checkpoint(self, reason: str) -> None: ...
     def set_state(self, state: str) -> None: ...
     def resolve(self, command: Command, applied: bool, message: str) -> None: ...
+    def rewind(self, command: Command, step: int) -> Outcome: ...
 
 
 class RunControl:
@@ -75,13 +76,16 @@ class RunControl:
         queue = collections.deque(commands) if commands is not None else self.inbox
         while queue:
             cmd = queue.popleft()
+            if cmd.source == "alert" and cmd.key is not None and int(cmd.key) >= step:
+                continue  # an alert of a step a rewind took out of the record
             was_paused = self.steering.paused
-            outcome = self.steering.apply(cmd, step)
+            outcome = (self.host.rewind(cmd, step) if cmd.action == "rewind"
+                       else self.steering.apply(cmd, step))
             if outcome.event is not None:
-                origin = cmd.value if cmd.source == "signal" and cmd.value else cmd.source
                 data = dict(outcome.event, source=cmd.source, command=cmd.id)
-                self.last_message = f"{outcome.message} ({origin})"
-                self.host.event("control", self.last_message, data)
+                self.last_message = f"{outcome.message} ({_origin(cmd)})"
+                kind = "rewind" if outcome.event.get("action") == "rewind" else "control"
+                self.host.event(kind, self.last_message, data)
             if self.steering.paused and not was_paused:
                 self._enter_pause()  # acknowledged once flushed, checkpointed and marked paused
             elif self.steering.paused and outcome.event is not None:
@@ -93,6 +97,13 @@ class RunControl:
             if outcome.event is not None:
                 for fn in self._observers:
                     fn(self.state, self.last_message)
+
+    def drop_alerts_from(self, step: int) -> None:
+        """Forget queued alert actions of steps at or after `step` (a rewind removed them)."""
+        for _ in range(len(self.inbox)):  # the writer may append meanwhile: rotate, not rebuild
+            cmd = self.inbox.popleft()
+            if not (cmd.source == "alert" and cmd.key is not None and int(cmd.key) >= step):
+                self.inbox.append(cmd)
 
     def _exchange(self, step: int) -> None:
         """Distributed: apply rank 0's new commands (and its caught signal) on every rank."""
@@ -167,3 +178,12 @@ class RunControl:
         self.inbox.clear()
         if late:
             self.apply(step, late)
+
+
+def _origin(cmd: Command) -> str:
+    """Who asked, as the event message says it: cli, dashboard, SIGTERM, alert at step 41."""
+    if cmd.source == "signal" and cmd.value:
+        return cmd.value
+    if cmd.source == "alert":
+        return f"alert at step {cmd.key}"
+    return cmd.source

@@ -89,11 +89,15 @@ class TensorBoardSink:
         self.file: BufferedWriter = self._open(Path(run_dir))
         self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_from is not None:
-            # TensorBoard drops events at or after this step from earlier files: a resumed run
-            # keeps one value per step instead of two overlapping lines.
-            self._write_event(event_pb2.Event(
-                wall_time=time.time(), step=purge_from,
-                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+            self.purge(purge_from)
+        self.file.flush()
+
+    def purge(self, step: int) -> None:
+        """TensorBoard drops what was written at or after `step` before this marker (earlier
+        files included): a resumed or rewound run keeps one value per step, not two lines."""
+        self._write_event(event_pb2.Event(
+            wall_time=time.time(), step=step,
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
         self.file.flush()
 
     def set_param_names(self, names: Sequence[str]) -> None:

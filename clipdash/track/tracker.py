@@ -41,24 +41,35 @@ from torch.optim import Optimizer
 from clipdash.store.layout import DEFAULT_RUNS_DIR
 from clipdash.store.names import check_run_name, default_run_name
 from clipdash.track import distributed
+from clipdash.track.alerts import AlertOptions
 from clipdash.track.buffer import ROW_FIELDS, StepBuffer, row_values
 from clipdash.track.clippers import Clipper, make_clipper
-from clipdash.track.items import Eval, Event, ParamsAdded, RejectPending, Resolve, State, Steps
+from clipdash.track.items import (
+    Eval,
+    Event,
+    ParamsAdded,
+    RejectPending,
+    Resolve,
+    Rewind,
+    State,
+    Steps,
+)
 from clipdash.track.nonfinite import NonfiniteGuard
 from clipdash.track.norms import ShardedNorms, is_sharded, local_shards, per_param_norms
 from clipdash.track.options import ALL_SETTABLE, ClipOptions
 from clipdash.track.params import ParamSet
 from clipdash.track.recorder import Recorder, RecordError, Setup, describe_start
 from clipdash.track.runcontrol import Observer, RunControl
-from clipdash.track.steering import Command, Steering
+from clipdash.track.steering import Command, Outcome, Steering
 
 NONFINITE_POLICIES = ("skip", "stop", "continue")
 # Clip modes that measure the post-clip norm on the clipped gradients (not derived from the
 # coefficient): under FSDP2 that measurement is local and needs its own reduction.
 LOCAL_POST_MODES = ("value", "agc")
 CheckpointFn = Callable[[str], None]
+RewindFn = Callable[[int, int], int | None]
 
-__all__ = ["ClipOptions", "RecordError", "Tracker", "TrackerError"]
+__all__ = ["AlertOptions", "ClipOptions", "RecordError", "Tracker", "TrackerError"]
 
 
 class TrackerError(RuntimeError):
@@ -90,6 +101,15 @@ class Tracker:
         sync_every: under torch.distributed, the ranks agree on the commands to apply every
             this many steps (see `clipdash.track.distributed`).
         quiet: do not print where the run records.
+        alerts: spike alerts (`AlertOptions`, a dict of its fields, None for the defaults:
+            6-sigma loss and gradient-norm spikes recorded as events; False: off).
+        on_rewind: how this loop goes back to a saved state, for `action = "rewind"` and
+            `clipdash ctl RUN rewind`: called as on_rewind(before, skip) at a step boundary, it
+            restores the newest state saved after N <= before steps (model, optimizer,
+            scheduler, data position; then skips `skip` batches) and returns N, or None when
+            there is no such state (the run then pauses instead). The record from step N on is
+            replaced. Without it a rewind is rejected ("not supported here"), and an alert with
+            action "rewind" pauses instead.
     """
 
     def __init__(
@@ -121,11 +141,17 @@ class Tracker:
         meta: dict[str, Any] | None = None,
         sync_every: int = distributed.DEFAULT_SYNC_EVERY,
         quiet: bool = False,
+        alerts: AlertOptions | dict[str, Any] | bool | None = None,
+        on_rewind: RewindFn | None = None,
     ) -> None:
         given = {k: v for k, v in (("max_norm", max_norm), ("norm_type", norm_type),
                                    ("max_value", max_value), ("nonfinite", nonfinite))
                  if v is not None}
         self.options = ClipOptions.build(clip, clip_options, **given)
+        built = AlertOptions.build(alerts)
+        self.alerts = built if built is not None and built.enabled else None
+        self.on_rewind = on_rewind
+        self._rewound_from: int | None = None  # the step the last alert's rewind left
         if int(buffer_steps) < 1:
             raise ValueError(f"buffer_steps must be >= 1, got {buffer_steps!r}")
         if resume and overwrite:
@@ -164,7 +190,9 @@ class Tracker:
             max_value=self.options.max_value, **self.options.adaptive())
         self.recorder = Recorder(Setup(
             self.run_dir, record, resume or start_step > 0, overwrite, start_step, total_steps,
-            meta or {}, tensorboard, per_param_scalars, record_params))
+            meta or {}, tensorboard, per_param_scalars, record_params, alerts=self.alerts))
+        # A steering alert action needs each step's verdict one step later (see alerts.py).
+        self._hand_each_step = bool(record and self.alerts and self.alerts.steers)
         try:
             self.param_set = ParamSet(model, optimizers, self.recorder.prior_names)
             cols = self.param_set.columns
@@ -197,7 +225,8 @@ class Tracker:
                     optimizer=", ".join(type(opt).__name__ for opt in self.optimizers),
                     scheduler=type(self.scheduler).__name__ if self.scheduler else None,
                     settable=list(o.settable()), settings=list(ALL_SETTABLE),
-                    clip=_json_safe(o.to_dict()))
+                    clip=_json_safe(o.to_dict()), rewind=self.on_rewind is not None,
+                    alerts=self.alerts.to_dict() if self.alerts else None)
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -349,9 +378,12 @@ class Tracker:
         self._staged = False
         self.step_index += 1
         # Under torch.distributed a hand-over is a collective (the loss mean): age is decided
-        # by rank 0 at an exchange, fullness is the same on every rank.
-        if buf.full or (self._sync is None and buf.age() >= self.flush_secs):
+        # by rank 0 at an exchange; fullness and hand-each-step are the same on every rank.
+        if buf.full or self._hand_each_step or (self._sync is None
+                                                and buf.age() >= self.flush_secs):
             self.flush(wait=False)
+        if self._hand_each_step:
+            self.recorder.wait_checked(self.step_index - 2)
         self.control.boundary(self.step_index)
 
     @property
@@ -487,6 +519,52 @@ class Tracker:
         if self.checkpoint_fn is not None:
             self.checkpoint_fn(reason)
 
+    def _rewind(self, cmd: Command, step: int) -> Outcome:
+        """Go back to the newest saved state before the alert (or `--to`), at a boundary."""
+        last_alert = self.recorder.last_alert
+        before = (int(cmd.key) if cmd.key else last_alert if last_alert is not None
+                  and last_alert < step else step)
+        skip = (int(cmd.value) if cmd.value else self.alerts.rewind_skip if self.alerts
+                else 0)
+        auto = cmd.source == "alert"
+        if auto and self._rewound_from is not None and before < self._rewound_from:
+            # The replay spiked again before getting past the last spike: rewinding again
+            # would loop (the same checkpoint, the same batches). The user decides.
+            return self._pause_instead(f"rewind: another alert (step {before}) before the run "
+                                       f"got past step {self._rewound_from}, where the last "
+                                       "rewind came from")
+        if self.on_rewind is None:
+            why = "rewind is not supported here (the loop passed no Tracker(on_rewind=...))"
+            if cmd.source != "alert":
+                return Outcome(False, why)
+            return self._pause_instead(why)
+        self.flush()  # every earlier step and its alerts are written before the record moves
+        # Thresholds set since the checkpoint (`ctl set max_norm=...` while paused) are the
+        # user's decision about the replay: they outlive the restored control state.
+        kept = {key: self.clipper.get(key) for key in self.clipper.settable}
+        restored = self.on_rewind(before, skip)
+        for key, value in kept.items():
+            self.clipper.set(key, value)
+        if restored is None:
+            return self._pause_instead(f"rewind: no checkpoint at or before step {before}")
+        if not 0 <= restored <= min(before, step):
+            raise TrackerError(f"on_rewind({before}, {skip}) returned {restored!r}: expected "
+                               f"a step in [0, {min(before, step)}] or None")
+        self.recorder.put(Rewind(restored))
+        self._rewound_from = step if auto else None
+        self.step_index = restored
+        self.steering.paused = False
+        self.control.drop_alerts_from(restored)
+        skipped = f", skipping {skip} batch(es)" if skip else ""
+        return Outcome(True, f"rewound from step {step} to the checkpoint after {restored} "
+                             f"steps{skipped}",
+                       {"action": "rewind", "from": step, "to": restored, "before": before,
+                        "skip": skip})
+
+    def _pause_instead(self, why: str) -> Outcome:
+        self.steering.paused = True
+        return Outcome(True, f"{why}: paused instead", {"action": "pause", "reason": why})
+
     # -- closing ---------------------------------------------------------------------------
 
     def close(self, state: str | None = None, message: str | None = None, *,
@@ -567,6 +645,9 @@ class _ControlHost:
 
     def resolve(self, command: Command, applied: bool, message: str) -> None:
         self._t.recorder.put(Resolve(command.id, applied, self._t.step_index, message))
+
+    def rewind(self, command: Command, step: int) -> Outcome:
+        return self._t._rewind(command, step)
 
 
 def _loss_column(buf: StepBuffer) -> Tensor:

@@ -136,6 +136,8 @@ class WatchApp(App[int]):
             self.ask_setting(msg.path, msg.key)
         elif msg.action == "stop":
             self.ask_stop(msg.path)
+        elif msg.action == "rewind":
+            self.ask_rewind(msg.path)
 
     def action_help(self) -> None:
         from clipdash.tui.dialogs import HelpScreen
@@ -174,6 +176,17 @@ class WatchApp(App[int]):
 
         self.push_screen(ConfirmDialog(
             f"Stop run {self.run_name(path)}? It checkpoints and ends at its next step."), done)
+
+    def ask_rewind(self, path: str) -> None:
+        from clipdash.tui.dialogs import ConfirmDialog
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.steer(path, "rewind")
+
+        self.push_screen(ConfirmDialog(
+            f"Rewind run {self.run_name(path)} to its checkpoint before the latest alert? "
+            "The steps after it are replaced."), done)
 
     def steer(self, path: str, action: str, key: str | None = None,
               value: float | None = None) -> None:

@@ -207,6 +207,9 @@ class DetailScreen(Screen[None]):
     def action_stop(self) -> None:
         self.post_message(Steer(self.path, "stop"))
 
+    def action_rewind(self) -> None:
+        self.post_message(Steer(self.path, "rewind"))
+
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 

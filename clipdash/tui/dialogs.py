@@ -98,6 +98,7 @@ HELP = """\
           /: filter   Esc: clear it
 [b]Steering[/b]  the selected run, from the list or the run view:
           p: pause / resume   m: set max_norm   l: set LR   s: stop (asks)
+          r: rewind to the checkpoint before the latest alert (asks)
           The trainer applies a command at its next step and acknowledges
           it; the answer shows in the status line.
 [b]Run view[/b]  1 2 3 4: plots / params / events / config

@@ -40,6 +40,7 @@ class RunRow:
     message: str | None = None
     started: Num = None  # unix time the run started (newest first among live runs)
     read_only: bool = False
+    alerts: int = 0  # spike alerts recorded
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class Back(Message):
 
 
 class Steer(Message):
-    """Pause/resume (`pause`), ask for a new value (`set`, with `key`), or stop (asks first)."""
+    """Pause/resume (`pause`), ask for a new value (`set`, with `key`), stop or rewind (both
+    ask first)."""
 
     def __init__(self, path: str, action: str, key: str | None = None) -> None:
         super().__init__()

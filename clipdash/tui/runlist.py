@@ -148,6 +148,10 @@ class RunsScreen(Screen[None]):
         if path := self._selected():
             self.post_message(Steer(path, "stop"))
 
+    def action_rewind(self) -> None:
+        if path := self._selected():
+            self.post_message(Steer(path, "rewind"))
+
     def action_mark(self) -> None:
         """Space marks (or unmarks) the run and moves to the next line, to mark several."""
         path = self._selected()

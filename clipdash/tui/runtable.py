@@ -55,6 +55,18 @@ def member_labels(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def name_cell(item: Item, marked: bool) -> Text:
+    """A run's name in the list; a run with spike alerts stands out (`!N`, the count, in red)."""
+    name = Text(("● " if marked else "  ") + "  " * item.depth, style="bold cyan")
+    name.append(item.label, style="bold" if marked else "")
+    row = item.row
+    if row is not None and row.alerts:
+        name.append(f" !{row.alerts}", style="bold red")
+    if row is not None and row.read_only:
+        name.append(" (read-only)", style="dim")
+    return name
+
+
 def matches(row: RunRow, needle: str) -> bool:
     needle = needle.strip().lower()
     return not needle or needle in row.name.lower() or needle == row.status
@@ -304,11 +316,7 @@ class RunTable(ScrollView, can_focus=True):
             out = (self._strip(text, fixed_w, style), Strip.blank(self._scroll_w, style))
         else:
             row = item.row
-            name = Text(("● " if marked else "  ") + "  " * item.depth, style="bold cyan")
-            name.append(item.label, style="bold" if marked else "")
-            if row.read_only:
-                name.append(" (read-only)", style="dim")
-            out = (self._strip(name, fixed_w, style),
+            out = (self._strip(name_cell(item, marked), fixed_w, style),
                    self._cells((c.cell(row) for c in RUN_COLUMNS), style))
         if len(self._cache) > 4096:
             self._cache.clear()

@@ -147,7 +147,8 @@ class RunWatch:
             loss=v.get("loss"), grad_norm=v.get("grad_norm"), clip_rate=v.get("clip_rate"),
             max_norm=v.get("max_norm"), lr=v.get("lr"), loss_spark=self.spark_vals[0],
             norm_spark=self.spark_vals[1], message=self.error or st.get("message"),
-            started=st.get("started"), read_only=self.read_only)
+            started=st.get("started"), read_only=self.read_only,
+            alerts=v.get("alerts") or 0)
 
 
 class CompareWatch:

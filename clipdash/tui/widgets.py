@@ -26,6 +26,8 @@ EVENT_STYLES = {
     "control": ("▲", "bold cyan"),
     "nonfinite": ("✖", "bold red"),
     "checkpoint": ("◆", "green"),
+    "alert": ("!", "bold red reverse"),
+    "rewind": ("↺", "bold magenta"),
 }
 
 
@@ -180,4 +182,5 @@ STEER_BINDINGS = [
     Binding("m", "set('max_norm')", "max_norm"),
     Binding("l", "set('lr')", "lr"),
     Binding("s", "stop", "stop"),
+    Binding("r", "rewind", "rewind"),
 ]
