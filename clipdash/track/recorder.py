@@ -67,6 +67,7 @@ class Sink(Protocol):
     def write_eval(self, step: int, metrics: dict[str, float]) -> None: ...
     def write_event(self, step: int | None, kind: str, message: str) -> None: ...
     def set_param_names(self, names: list[str]) -> None: ...
+    def purge(self, step: int) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -89,6 +90,10 @@ class StoreSink:
 
     def set_param_names(self, names: list[str]) -> None:
         pass  # the params table is written by the recorder, with shapes and first steps
+
+    def purge(self, step: int) -> None:
+        """A rewind: forget the steps from `step` on; the alert and rewind events stay."""
+        self.store.truncate_after(step - 1, keep=("resume", "alert", "rewind"))
 
     def flush(self) -> None:
         pass  # every write is its own transaction
@@ -135,7 +140,7 @@ class Recorder(threading.Thread):
         self.error: RecordError | None = None
         self.reported = False  # the error was raised to the training thread
         self.store: RunWriter | None = None
-        self.sinks: list[Any] = []
+        self.sinks: list[Sink] = []
         self.lock: RunLock | None = None
         self.prior_names: list[str] = []
         self.resumed = False
@@ -396,10 +401,8 @@ class Recorder(threading.Thread):
         """The run continues from the state after `step` steps: what was recorded from `step`
         on is replaced (the alerts and rewind events stay), in the store and in TensorBoard."""
         assert self.store is not None
-        self.store.truncate_after(step - 1, keep=("resume", "alert", "rewind"))
         for sink in self.sinks:
-            if hasattr(sink, "purge"):
-                sink.purge(step)
+            sink.purge(step)
         if self.watch is not None:
             metrics = [metric for metric, _ in METRICS]
             self.watch.reset(self.store.history(metrics, step, self.watch.options.window), step)
