@@ -106,7 +106,7 @@ def test_the_largest_seed_torch_takes_is_accepted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("override, where", [
     ("data.n_samples=100000000000000", "data: cannot build the data"),
-    ("model.hidden=[100000000, 100000000]", "model: cannot build the model"),
+    ("model.hidden=[100000000000]", "model: cannot build the model"),
 ])
 def test_sizes_that_cannot_be_allocated(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         override: str, where: str) -> None:
