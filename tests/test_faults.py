@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,19 @@ def stopped_run(tmp_path: Path, name: str = "r", steps: int = 400, every: int = 
         trainer.kill()
     assert status(trainer.run_dir) == "stopped"
     return config, trainer.run_dir
+
+
+@pytest.fixture(scope="module")
+def stopped_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run stopped after >= 120 steps, shared by the resume tests: each takes a copy."""
+    return stopped_run(tmp_path_factory.mktemp("template"), steps=120)[1]
+
+
+def copy_of(template: Path, tmp_path: Path) -> Path:
+    """A private copy of a stopped run (as runs/r) that a test may resume or damage."""
+    run_dir = tmp_path / "runs" / template.name
+    shutil.copytree(template, run_dir, symlinks=True)
+    return run_dir
 
 
 def snapshot(run_dir: Path) -> tuple[int, str, bytes, list[str]]:
@@ -199,8 +213,8 @@ def query_write(run_dir: Path, sql: str) -> None:
     ("clip.mode=value", "clip.mode"),
 ])
 def test_resume_refuses_a_changed_setup_and_leaves_the_run_alone(
-        tmp_path: Path, override: str, key: str) -> None:
-    _, run_dir = stopped_run(tmp_path, steps=100)
+        tmp_path: Path, stopped_template: Path, override: str, key: str) -> None:
+    run_dir = copy_of(stopped_template, tmp_path)
     before = snapshot(run_dir)
     res = clipdash("run", "--resume", "r", "--runs-dir", str(run_dir.parent), "--set", override,
                    "--no-progress")
@@ -210,8 +224,9 @@ def test_resume_refuses_a_changed_setup_and_leaves_the_run_alone(
     assert snapshot(run_dir) == before
 
 
-def test_resume_applies_max_norm_and_lr_as_control_changes(tmp_path: Path) -> None:
-    _, run_dir = stopped_run(tmp_path, steps=100)
+def test_resume_applies_max_norm_and_lr_as_control_changes(
+        tmp_path: Path, stopped_template: Path) -> None:
+    run_dir = copy_of(stopped_template, tmp_path)
     resumed_at = int(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1].stem[5:])
     res = clipdash("run", "--resume", "r", "--runs-dir", str(run_dir.parent), "--set",
                    "clip.max_norm=0.25", "--set", "optimizer.lr=0.01", "--set",
@@ -233,8 +248,9 @@ def test_resume_applies_max_norm_and_lr_as_control_changes(tmp_path: Path) -> No
     assert resolved["train"]["max_steps"] == resumed_at + 60
 
 
-def test_resume_refuses_max_steps_below_the_checkpoint(tmp_path: Path) -> None:
-    _, run_dir = stopped_run(tmp_path, steps=120)
+def test_resume_refuses_max_steps_below_the_checkpoint(
+        tmp_path: Path, stopped_template: Path) -> None:
+    run_dir = copy_of(stopped_template, tmp_path)
     before = snapshot(run_dir)
     res = clipdash("run", "--resume", "r", "--runs-dir", str(run_dir.parent), "--set",
                    "train.max_steps=10", "--no-progress")
@@ -243,8 +259,9 @@ def test_resume_refuses_max_steps_below_the_checkpoint(tmp_path: Path) -> None:
     assert snapshot(run_dir) == before
 
 
-def test_resume_removes_a_checkpoint_left_half_written(tmp_path: Path) -> None:
-    _, run_dir = stopped_run(tmp_path, steps=60)
+def test_resume_removes_a_checkpoint_left_half_written(
+        tmp_path: Path, stopped_template: Path) -> None:
+    run_dir = copy_of(stopped_template, tmp_path)
     tmp = run_dir / "checkpoints" / "step-000000999.pt.tmp"
     tmp.write_bytes(b"\0" * 4096)  # what a crash in the middle of torch.save leaves
     res = clipdash("run", "--resume", "r", "--runs-dir", str(run_dir.parent), "--set",
@@ -253,8 +270,9 @@ def test_resume_removes_a_checkpoint_left_half_written(tmp_path: Path) -> None:
     assert not tmp.exists() and "removed step-000000999.pt.tmp" in res.stderr
 
 
-def test_resume_refuses_a_planted_checkpoint_without_running_it(tmp_path: Path) -> None:
-    _, run_dir = stopped_run(tmp_path, steps=60)
+def test_resume_refuses_a_planted_checkpoint_without_running_it(
+        tmp_path: Path, stopped_template: Path) -> None:
+    run_dir = copy_of(stopped_template, tmp_path)
     marker = tmp_path / f"PWNED-{uuid.uuid4().hex}"
     plant = run_dir / "checkpoints" / "step-999999999.pt"
     code = ("import os, sys, torch\n"
@@ -316,8 +334,9 @@ def test_a_read_only_runs_dir(tmp_path: Path) -> None:
     assert list(src.iterdir()) == []
 
 
-def test_planted_symlinks_in_a_run_dir_are_not_written_through(tmp_path: Path) -> None:
-    _, run_dir = stopped_run(tmp_path, steps=60)
+def test_planted_symlinks_in_a_run_dir_are_not_written_through(
+        tmp_path: Path, stopped_template: Path) -> None:
+    run_dir = copy_of(stopped_template, tmp_path)
     victim = tmp_path / "victim"
     victim.write_text("keep me")
     names = [".error.log.reserve", ".config.toml.tmp", "checkpoints/step-000000999.pt.tmp"]
