@@ -43,6 +43,7 @@ SUITE = (
           ("--model", "many", "--steps", "2", "--repeats", "1", "--warmup", "1")),
     Bench("recording throughput and store size", "bench_recording.py", (),
           ("--steps", "200", "--repeats", "1")),
+    Bench("start-up", "bench_launch.py", ("--repeat", "5"), ("--repeat", "1")),
 )
 
 
@@ -84,6 +85,16 @@ def rows_for(bench: Bench, result: dict) -> list[tuple[str, str, str]]:
                 ("  naive / tracker", f"{result['naive_over_tracker']:.2f}",
                  ">= 2" if result["model"] == "mlp" else "")]
         return rows
+    if "launch_s" in result:
+        launch = result["launch_s"]
+        return [
+            ("start-up: clipdash run -> first recorded step, s (CPU s)",
+             f"{launch['launch']['wall']:.2f} ({launch['launch']['cpu']:.2f})", "<= 1.5"),
+            ("  floor: import torch + first torch.optim step (imports torch._dynamo)",
+             f"{launch['optimizer']['wall']:.2f} ({launch['optimizer']['cpu']:.2f})", ""),
+            ("  import torch alone",
+             f"{launch['torch']['wall']:.2f} ({launch['torch']['cpu']:.2f})", ""),
+        ]
     rates = result["steps_per_s"]
     size = result["store_bytes_per_step"]
     per_million = 1e6 / 2**20

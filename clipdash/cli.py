@@ -59,7 +59,15 @@ def epilog(name: str, module: object) -> str:
     return (extra() + "\n\n" if callable(extra) else "") + examples
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands that read the whole command tree (every subcommand's options).
+NEEDS_ALL = ("help", "completion")
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only the named subcommand's module is imported
+    (each import costs milliseconds: `clipdash run` reaches its first step sooner, and `ls`
+    and `watch` start sooner). The others stay listed, with their one-line help."""
+    chosen = _command(argv)
     parser = argparse.ArgumentParser(
         prog="clipdash",
         description="See and steer gradient clipping and learning-rate schedules.",
@@ -68,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clipdash {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in SUBCOMMANDS.items():
+        if chosen is not None and name != chosen:
+            subs.add_parser(name, help=help_text, description=help_text)
+            continue
         module = importlib.import_module(f"clipdash.commands.{name.replace('-', '_')}")
         sub = subs.add_parser(name, help=help_text, description=help_text,
                               epilog=epilog(name, module),
@@ -77,8 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: Sequence[str] | None) -> str | None:
+    """The subcommand a command line names, when only its parser is needed; else None (the
+    whole tree: no command line, `help`, `completion`, or no subcommand found)."""
+    if argv is None:
+        return None
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in SUBCOMMANDS and first not in NEEDS_ALL else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
     except UsageError as exc:

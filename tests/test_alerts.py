@@ -419,3 +419,35 @@ def test_bad_alerts_config_is_one_line_and_exit_2(tmp_path: Path, capsys: Any, l
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(config) in err and message in err, err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_batched_check_raises_what_the_step_by_step_check_raises() -> None:
+    """The numpy path for quiet batches and the exact per-step loop agree on every alert."""
+    import numpy as np
+
+    from clipdash.track.alerts import Alert
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    loss = np.exp(rng.normal(0, 0.05, n)) * np.linspace(2, 1, n)
+    grad = np.exp(rng.normal(0, 0.1, n))
+    loss[[700, 701, 1900]] *= 30  # spikes, one of two steps
+    grad[[1200, 2500]] *= 50
+    grad[1500:1512] = np.nan  # a non-finite streak
+    loss[400] = 0.0  # a fall to zero: not judged
+    opts = AlertOptions(window=50, nonfinite_streak=10)
+    batched, stepwise = SpikeWatch(opts), SpikeWatch(opts)
+    stepwise._quiet = lambda cols: False  # type: ignore[method-assign]
+    got: list[Alert] = []
+    want: list[Alert] = []
+    for start in range(0, n, 256):
+        cols = {"step": np.arange(start, min(n, start + 256)),
+                "loss": loss[start:start + 256], "grad_norm_pre": grad[start:start + 256]}
+        got += batched.check(cols)
+        want += stepwise.check(cols)
+    assert [(a.step, a.metric) for a in got] == [(a.step, a.metric) for a in want]
+    assert {a.step for a in got} >= {700, 1200, 1509, 1900, 2500}
+    assert [a.z or 0.0 for a in got] == pytest.approx([a.z or 0.0 for a in want], rel=1e-9)
+    assert batched.checked == stepwise.checked == n - 1
+    for metric, stats in batched.stats.items():
+        assert stats.ordered() == pytest.approx(stepwise.stats[metric].ordered())

@@ -172,9 +172,11 @@ class TensorBoardSink:
             width = int(widths[rows[0]])
             layout = self._layout(width, lr_groups.shape[1], int(sparse[rows[0]]),
                                   bool(has_hist[rows[0]]), n_params)
-            values = {name: data[rows] for name, data in f32.items() if name in layout.slots}
-            values["step"] = tfrecord.varint_rows(steps[rows], width)
-            framed[g] = (rows, tfrecord.frame_rows(layout.fill(len(rows), values)))
+            whole = len(rows) == n  # the usual batch: one layout, no row selection to copy
+            values = {name: data if whole else data[rows] for name, data in f32.items()
+                      if name in layout.slots}
+            values["step"] = tfrecord.varint_rows(steps if whole else steps[rows], width)
+            framed[g] = (rows, tfrecord.frame_rows(layout.fill(len(rows), values), layout.crc))
         if len(framed) == 1:
             self.file.write(next(iter(framed.values()))[1].tobytes())
         else:

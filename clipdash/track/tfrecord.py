@@ -8,8 +8,12 @@ Here a batch of steps is encoded at once. Every step of a run has the same event
 same tags, one histogram with a fixed number of buckets), so the events of a batch are rows of a
 uint8 matrix: a template with the values written into fixed byte slots. CRC-32C is linear over
 GF(2), so the checksum of each row is the XOR of per-(position, byte) table entries: one gather
-and one XOR-reduction for the whole batch. The bytes are the standard wire format: tensorboard's
-own reader (EventAccumulator) and its data server read them like any other event file.
+and one XOR-reduction for the whole batch. The rows differ from the template only in the slots,
+and a zero byte adds nothing to the XOR, so the template's checksum is computed once per layout
+and a batch gathers only its slot bytes (`RowCRC`: about a third fewer lookups than
+checksumming whole rows, whose tag names and keys never change). The bytes are the standard wire
+format: tensorboard's own reader (EventAccumulator) and its data server read them like any other
+event file.
 """
 
 from __future__ import annotations
@@ -44,12 +48,20 @@ def _zero_step(state: np.ndarray) -> np.ndarray:
     return _T[state & 0xFF] ^ (state >> np.uint32(8))
 
 
-def _tables() -> np.ndarray:
+def _tables(rows: int = _CHUNK) -> np.ndarray:
+    """At least `rows` rows of _M (grown on demand: a run's first, small events need few, and
+    start-up should not pay for the table a batch of steps uses)."""
     global _M
-    if _M is None:
-        m = np.empty((_CHUNK, 256), np.uint32)
-        m[0] = _T
-        for d in range(1, _CHUNK):
+    if _M is None or len(_M) < rows:
+        have = 0 if _M is None else len(_M)
+        size = max(rows, 64)
+        m = np.empty((size, 256), np.uint32)
+        if _M is None:
+            m[0] = _T
+            have = 1
+        else:
+            m[:have] = _M
+        for d in range(have, size):
             m[d] = _zero_step(m[d - 1])
         _M = m
     return _M
@@ -67,8 +79,8 @@ def _advance(state: np.ndarray, n: int, m: np.ndarray) -> np.ndarray:
 
 def crc32c_rows(data: np.ndarray) -> np.ndarray:
     """CRC-32C of every row of a 2-D uint8 array, as uint32."""
-    m = _tables()
     n, length = data.shape
+    m = _tables(min(length, _CHUNK))
     state = np.full(n, 0xFFFFFFFF, np.uint32)
     for start in range(0, length, _CHUNK):
         chunk = data[:, start:start + _CHUNK]
@@ -79,21 +91,68 @@ def crc32c_rows(data: np.ndarray) -> np.ndarray:
 
 
 def masked_crc32c_rows(data: np.ndarray) -> np.ndarray:
-    x = crc32c_rows(data).astype(np.uint64)
+    return _mask(crc32c_rows(data))
+
+
+def _mask(crc: np.ndarray) -> np.ndarray:
+    x = crc.astype(np.uint64)
     return (((x >> np.uint64(15)) | (x << np.uint64(17))) + np.uint64(_MASK_DELTA)).astype(
         np.uint32)
 
 
-def frame_rows(data: np.ndarray) -> np.ndarray:
-    """TFRecords of equal-length payloads: [len u64][masked crc of len][payload][masked crc]."""
+class RowCRC:
+    """CRC-32C of rows equal to `template` except at `positions`, where the template is zero.
+
+    CRC-32C without its initial and final XOR is linear, so crc(row) = crc(template) XOR the
+    table entries of the row's bytes at `positions` (the template's zeros there add nothing).
+    """
+
+    def __init__(self, template: np.ndarray, positions: np.ndarray) -> None:
+        assert not template[positions].any(), "slot bytes of a template must be zero"
+        self.length = len(template)
+        self.base = crc32c_rows(template[None, :])[0]
+        self.positions = positions
+        # Rows longer than the table are checksummed whole (per-parameter scalars by the
+        # thousand); the table covers every event of the default layout.
+        self.distance = (self.length - 1 - positions) if self.length <= _CHUNK else None
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if self.distance is None:
+            return crc32c_rows(rows)
+        m = _tables(self.length)
+        values = rows[:, self.positions]
+        # A byte that is the same in every row of the batch (the high bytes of small counts,
+        # a constant LR or max_norm) adds the same entry to every checksum: looked up once.
+        same = (values == values[:1]).all(axis=0)
+        base = self.base ^ np.bitwise_xor.reduce(m[self.distance[same], values[0, same]])
+        varying = ~same
+        contrib = m[self.distance[varying][None, :], values[:, varying]]
+        return base ^ np.bitwise_xor.reduce(contrib, axis=1)
+
+
+_HEADERS: dict[int, np.ndarray] = {}
+
+
+def _header(length: int) -> np.ndarray:
+    """[len u64][masked crc of len], the same for every record of one length (kept)."""
+    header = _HEADERS.get(length)
+    if header is None:
+        data = np.frombuffer(struct.pack("<Q", length), np.uint8)
+        crc = _mask(crc32c_rows(data[None, :])).astype("<u4").view(np.uint8)
+        header = _HEADERS[length] = np.concatenate([data, crc])
+    return header
+
+
+def frame_rows(data: np.ndarray, crc: RowCRC | None = None) -> np.ndarray:
+    """TFRecords of equal-length payloads: [len u64][masked crc of len][payload][masked crc].
+
+    `crc`: the payloads' checksum from their layout (`Layout.crc`), else computed whole."""
     n, length = data.shape
-    header = np.frombuffer(struct.pack("<Q", length), np.uint8)
-    header_crc = masked_crc32c_rows(header[None, :]).astype("<u4").view(np.uint8)
     out = np.empty((n, 12 + length + 4), np.uint8)
-    out[:, :8] = header
-    out[:, 8:12] = header_crc
+    out[:, :12] = _header(length)
     out[:, 12:12 + length] = data
-    out[:, 12 + length:] = masked_crc32c_rows(data).astype("<u4").view(np.uint8).reshape(n, 4)
+    checksum = crc(data) if crc is not None else crc32c_rows(data)
+    out[:, 12 + length:] = _mask(checksum).astype("<u4").view(np.uint8).reshape(n, 4)
     return out
 
 
@@ -149,6 +208,8 @@ class Layout:
     parts: list[bytes] = field(default_factory=list)
     slots: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (offset, size)
     size: int = 0
+    _template: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _crc: RowCRC | None = field(default=None, repr=False, compare=False)
 
     def const(self, data: bytes) -> Layout:
         self.parts.append(data)
@@ -172,7 +233,18 @@ class Layout:
         return self.extend(inner)
 
     def template(self) -> np.ndarray:
-        return np.frombuffer(b"".join(self.parts), np.uint8)
+        if self._template is None or len(self._template) != self.size:
+            self._template = np.frombuffer(b"".join(self.parts), np.uint8)
+        return self._template
+
+    @property
+    def crc(self) -> RowCRC:
+        """The checksum of rows of this layout (built once, after the layout is complete)."""
+        if self._crc is None or self._crc.length != self.size:
+            positions = [np.arange(offset, offset + size) for offset, size in self.slots.values()]
+            self._crc = RowCRC(self.template(), np.sort(np.concatenate(positions))
+                               if positions else np.zeros(0, np.intp))
+        return self._crc
 
     def fill(self, n: int, values: dict[str, np.ndarray]) -> np.ndarray:
         """[n, size] uint8 rows; `values[name]` is [n, slot size] uint8 (or broadcastable)."""
