@@ -217,10 +217,10 @@ def test_defaults_follow_the_data_and_scheduler(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, with_(train__max_steps=50)))
     assert cfg.train.total_steps(steps_per_epoch=13) == 26
     cfg = load_config(write(tmp_path, with_(clip__mode="zscore", clip__warmup_steps=0)))
-    assert cfg.clip.adaptive_options() == {"z_threshold": 2.5, "ema_alpha": 0.97,
+    assert cfg.clip.adaptive() == {"z_threshold": 2.5, "ema_alpha": 0.97,
                                            "warmup_steps": 0}
     cfg = load_config(write(tmp_path, with_(clip__mode="percentile")))
-    assert cfg.clip.adaptive_options() == {"percentile": 10.0}
+    assert cfg.clip.adaptive() == {"percentile": 10.0}
     cfg = load_config(write(tmp_path, with_(clip__norm_type="inf")))
     assert cfg.clip.norm_type == math.inf
 

@@ -70,7 +70,7 @@ def test_calls_after_close_raise_and_never_hang(tmp_path: Path, call: str) -> No
 ])
 def test_thresholds_are_checked(tmp_path: Path, key: str, value: float, words: str) -> None:
     model, opt = make()
-    with pytest.raises(ValueError, match=f"{key} must .*{words}"):
+    with pytest.raises(ValueError, match=f"{key}: .*{words}"):
         Tracker(model, opt, run_dir=tmp_path / "r", quiet=True, **{key: value})
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("*.sqlite"))
 
@@ -99,7 +99,7 @@ def test_options_object_and_unknown_options(tmp_path: Path) -> None:
         assert r.meta()["settable"] == ["z_threshold", "lr"]
     with pytest.raises(ClipOptionsError, match="unknown clip option.*bogus"):
         ClipOptions.build("norm", {"bogus": 1})
-    with pytest.raises(ClipOptionsError, match="clip mode must be one of"):
+    with pytest.raises(ClipOptionsError, match="mode: must be one of"):
         ClipOptions(mode="sometimes")
 
 

@@ -12,7 +12,7 @@ import math
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from clipdash.engine.builtins import (
     defaults,
     fmt,
     import_factory,
-    is_number,
     is_plugin,
 )
 from clipdash.engine.distconfig import DistributedConfig
@@ -33,6 +32,7 @@ from clipdash.engine.distconfig import parse as parse_distributed
 from clipdash.engine.errors import ConfigError, did_you_mean
 from clipdash.store.names import check_run_name
 from clipdash.track.alerts import AlertOptions, AlertOptionsError
+from clipdash.track.options import ClipOptions, ClipOptionsError
 
 __all__ = [
     "ClipConfig", "Config", "ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig",
@@ -40,22 +40,6 @@ __all__ = [
     "load_config",
 ]
 
-CLIP_MODES = ("norm", "value", "none", "percentile", "zscore", "agc")
-# Adaptive-mode parameters and their defaults (None: absent means "all history").
-ADAPTIVE_SPECS: dict[str, Spec] = {
-    "percentile": Spec(10.0, "float", lo=0.0, lo_open=True, hi=100.0),
-    "history": Spec(None, "int", lo=0, lo_open=True),
-    "z_threshold": Spec(2.5, "float", lo=0.0, lo_open=True, f32=True),
-    "ema_alpha": Spec(0.97, "float", lo=0.0, hi=1.0, lo_open=True, hi_open=True),
-    "warmup_steps": Spec(25, "int", lo=0),
-    "clipping": Spec(0.01, "float", lo=0.0, lo_open=True, f32=True),
-    "eps": Spec(1e-3, "float", lo=0.0, lo_open=True, f32=True),
-}
-MODE_PARAMS: dict[str, tuple[str, ...]] = {
-    "percentile": ("percentile", "history"),
-    "zscore": ("z_threshold", "ema_alpha", "warmup_steps"),
-    "agc": ("clipping", "eps"),
-}
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _POS_INT = Spec(None, "int", lo=0, lo_open=True)
 MAX_TOML_DEPTH = 64  # tables/arrays nested deeper than any config needs (and than tomllib's stack)
@@ -105,39 +89,20 @@ class SchedulerConfig:
     """Children of SequentialLR / ChainedScheduler (`[[scheduler.schedulers]]` tables)."""
 
 
-@dataclass
-class ClipConfig:
-    mode: str = "norm"
-    """norm | value | none, or an adaptive mode: percentile (AutoClip), zscore (ZClip), agc."""
-    max_norm: float = 1.0
-    """Total-norm threshold (mode norm; the starting threshold elsewhere). Finite, > 0."""
-    norm_type: float = 2.0
-    """p of the p-norm, > 0; `inf` (or "inf") for the max-norm."""
-    max_value: float = 0.5
-    """Element-wise bound for mode value, > 0."""
-    nonfinite: str = "skip"
-    """What a step with inf/nan gradients does: skip the update, stop the run, or continue."""
-    per_param_scalars: bool = False
-    """Also write one TensorBoard scalar tag per parameter (off: thousands of tags hurt)."""
-    percentile: float | None = None
-    """percentile mode: clip at this percentile of past norms, 0 < p <= 100 (default 10)."""
-    history: int | None = None
-    """percentile mode: how many past norms to keep (absent: all)."""
-    z_threshold: float | None = None
-    """zscore mode: clip norms more than this many EMA std-devs above the EMA mean (2.5)."""
-    ema_alpha: float | None = None
-    """zscore mode: EMA decay, 0 < a < 1 (0.97)."""
-    warmup_steps: int | None = None
-    """zscore mode: steps that only collect statistics before clipping starts (25)."""
-    clipping: float | None = None
-    """agc mode: max ratio of gradient norm to parameter norm, > 0 (0.01)."""
-    eps: float | None = None
-    """agc mode: floor on the parameter norm so zero-initialised weights can move (1e-3)."""
+@dataclass(frozen=True)
+class ClipConfig(ClipOptions):
+    """[clip]: the one clip-options type (track/options.py holds every mode's parameters, their
+    defaults, docs and checks), plus the TensorBoard switch the table also carries.
 
-    def adaptive_options(self) -> dict[str, Any]:
-        """The adaptive mode's own parameters (empty for norm/value/none), absent ones left out."""
-        keys = MODE_PARAMS.get(self.mode, ())
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+    Frozen, like ClipOptions: derive a changed one with dataclasses.replace (checked again).
+    """
+
+    per_param_scalars: bool = field(default=False, metadata={"spec": Spec(False, "bool")})
+    """Also write one TensorBoard scalar tag per parameter (off: thousands of tags hurt)."""
+
+    def options(self) -> ClipOptions:
+        """The clip options alone, as the Tracker takes them."""
+        return ClipOptions(**{f.name: getattr(self, f.name) for f in fields(ClipOptions)})
 
 
 @dataclass
@@ -482,37 +447,15 @@ def _data(t: Table) -> DataConfig:
                       _builtin_kwargs(t, DATA_KWARGS[kind], kind, ["kind", "batch_size"]))
 
 
-def _norm_type(t: Table) -> float:
-    t.seen.add("norm_type")
-    value = t.raw.get("norm_type", 2.0)
-    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf"):
-        return math.inf
-    if not is_number(value) or math.isnan(value):
-        raise t.error("norm_type", f"expected a number or \"inf\", got {fmt(value)}")
-    if value <= 0:
-        raise t.error("norm_type", f"must be > 0 (or inf), got {fmt(value)}")
-    return float(value)
-
-
 def _clip(t: Table) -> ClipConfig:
-    mode = t.get("mode", Spec("norm", "str", choices=CLIP_MODES))
-    c = ClipConfig(
-        mode=mode,
-        max_norm=t.get("max_norm", Spec(1.0, "float", lo=0.0, lo_open=True, f32=True)),
-        norm_type=_norm_type(t),
-        max_value=t.get("max_value", Spec(0.5, "float", lo=0.0, lo_open=True, f32=True)),
-        nonfinite=t.get("nonfinite", Spec("skip", "str", choices=("skip", "stop", "continue"))),
-        per_param_scalars=t.get("per_param_scalars", Spec(False, "bool")),
-    )
-    used = MODE_PARAMS.get(mode, ())
-    for key, spec in ADAPTIVE_SPECS.items():
-        if key in used:
-            setattr(c, key, t.get(key, spec))
-        elif t.has(key):
-            owner = next(m for m, keys in MODE_PARAMS.items() if key in keys)
-            raise t.error(key, f"only used by mode {fmt(owner)}, not {fmt(mode)}")
-    t.finish([*ClipConfig.__dataclass_fields__])
-    return c
+    """The `[clip]` table: ClipOptions checks every key (the message names it)."""
+    known = [f.name for f in fields(ClipConfig)]
+    t.seen.update(known)
+    t.finish(known)
+    try:
+        return ClipConfig(**{k: t.raw[k] for k in known if k in t.raw}).resolved()
+    except ClipOptionsError as exc:
+        raise t.error(exc.key or "mode", exc.problem) from None
 
 
 def _train(t: Table, data: DataConfig) -> TrainConfig:

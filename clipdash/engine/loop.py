@@ -127,9 +127,7 @@ def setup(cfg: Config) -> Setup:
 
 def tracker_options(clip: ClipConfig) -> dict[str, Any]:
     """The Tracker's keyword arguments for a `[clip]` table: the one mapping of the two."""
-    return dict(clip=clip.mode, max_norm=clip.max_norm, norm_type=clip.norm_type,
-                max_value=clip.max_value, nonfinite=clip.nonfinite,
-                clip_options=clip.adaptive_options(), per_param_scalars=clip.per_param_scalars)
+    return dict(clip=clip.options(), per_param_scalars=clip.per_param_scalars)
 
 
 class LoopHooks:

@@ -11,15 +11,14 @@ run's settable keys (`ClipOptions.settable()`) into the run's meta, and control 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+import numbers
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Self
+
+from clipdash.track.spec import Spec, fmt, is_number
 
 MODES = ("norm", "value", "none", "percentile", "zscore", "agc")
 NONFINITE_POLICIES = ("skip", "stop", "continue")
-# Thresholds live in float32 device tensors. A value outside float32's normal range would
-# become inf or a denormal (or 0) there and clip differently from what the user typed.
-FLOAT32_MAX = 3.4028234663852886e38
-FLOAT32_MIN_NORMAL = 1.1754943508222875e-38
 # Parameters of each adaptive mode (the fixed modes use max_norm / max_value).
 MODE_PARAMS: dict[str, tuple[str, ...]] = {
     "percentile": ("percentile", "history"),
@@ -37,91 +36,95 @@ ALL_SETTABLE = (*dict.fromkeys(k for keys in MODE_SETTABLE.values() for k in key
 
 
 class ClipOptionsError(ValueError):
-    """A clip option out of range; str() names the option and the value."""
+    """A clip option out of range: `key` names it, str() is "key: problem" (one line)."""
+
+    def __init__(self, key: str | None, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
 
 
-def check_threshold(key: str, value: Any) -> float:
-    """A finite float32-representable number > 0 (normal range), or ClipOptionsError."""
-    if isinstance(value, bool):
-        raise ClipOptionsError(f"{key} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ClipOptionsError(f"{key} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise ClipOptionsError(f"{key} must be a finite number > 0, got {value!r}")
-    if not FLOAT32_MIN_NORMAL <= number <= FLOAT32_MAX:
-        raise ClipOptionsError(f"{key} must lie in float32's normal range "
-                               f"[{FLOAT32_MIN_NORMAL:.3g}, {FLOAT32_MAX:.4g}], got {value!r}")
-    return number
+def _fixed(spec: Spec) -> Any:
+    """A field with the spec's default; the spec is its check (thresholds live in float32
+    device tensors, so `f32`: a value outside float32's normal range would clip differently
+    from what the user typed)."""
+    return field(default=spec.default, metadata={"spec": spec})
+
+
+def _mode_param(spec: Spec) -> Any:
+    """An adaptive mode's parameter: None until resolved to `spec.default` (see resolved())."""
+    return field(default=None, metadata={"spec": spec})
+
+
+def _threshold(default: float) -> Spec:
+    return Spec(default, "float", lo=0.0, lo_open=True, f32=True)
 
 
 @dataclass(frozen=True)
 class ClipOptions:
-    """Every clip mode's parameters; `None` means the mode's default (listed in each doc)."""
+    """Every clip mode's parameters; `None` means the mode's default (listed in each doc).
 
-    mode: str = "norm"
+    The one source of the `[clip]` keys of a config (the engine's ClipConfig is this type),
+    their defaults (each field's spec) and their checks (run on construction; the values are
+    normalised: ints to floats, "inf" to math.inf).
+    """
+
+    mode: str = _fixed(Spec("norm", "str", choices=MODES))
     """norm | value | none, or an adaptive mode: percentile (AutoClip), zscore (ZClip), agc."""
-    max_norm: float = 1.0
+    max_norm: float = _fixed(_threshold(1.0))
     """Total-norm threshold (mode norm; the starting/fallback threshold of percentile and
     zscore). Finite, > 0, in float32's normal range."""
-    norm_type: float | str = 2.0
+    norm_type: float | str = field(default=2.0, metadata={"check": "norm_type"})
     """p of the p-norm, > 0; inf (or "inf") for the max-norm."""
-    max_value: float = 0.5
+    max_value: float = _fixed(_threshold(0.5))
     """Element-wise bound for mode value; same range as max_norm."""
-    nonfinite: str = "skip"
+    nonfinite: str = _fixed(Spec("skip", "str", choices=NONFINITE_POLICIES))
     """A step with an inf/nan gradient norm: skip (no update), stop (end the run), or continue
     (update anyway, as clip_grad_norm_ would)."""
-    percentile: float | None = None
+    percentile: float | None = _mode_param(Spec(10.0, "float", lo=0.0, lo_open=True, hi=100.0))
     """percentile mode: clip at this percentile of past norms, 0 < p <= 100 (default 10)."""
-    history: int | None = None
+    history: int | None = _mode_param(Spec(None, "int", lo=0, lo_open=True))
     """percentile mode: how many past norms to keep, > 0 (default: all)."""
-    z_threshold: float | None = None
+    z_threshold: float | None = _mode_param(_threshold(2.5))
     """zscore mode: clip norms more than this many EMA std-devs above the EMA mean (2.5)."""
-    ema_alpha: float | None = None
+    ema_alpha: float | None = _mode_param(Spec(0.97, "float", lo=0.0, hi=1.0, lo_open=True,
+                                               hi_open=True))
     """zscore mode: EMA decay, 0 < a < 1 (0.97)."""
-    warmup_steps: int | None = None
+    warmup_steps: int | None = _mode_param(Spec(25, "int", lo=0))
     """zscore mode: steps clipped at max_norm while statistics are collected, >= 0 (25)."""
-    clipping: float | None = None
+    clipping: float | None = _mode_param(_threshold(0.01))
     """agc mode: max ratio of gradient norm to parameter norm, > 0 (0.01)."""
-    eps: float | None = None
+    eps: float | None = _mode_param(_threshold(1e-3))
     """agc mode: floor on the parameter norm so zero-initialised weights can move (1e-3)."""
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
-        """Raise ClipOptionsError (one line naming the option) for anything out of range."""
-        if self.mode not in MODES:
-            raise ClipOptionsError(f"clip mode must be one of {', '.join(MODES)}, "
-                                   f"got {self.mode!r}")
-        if self.nonfinite not in NONFINITE_POLICIES:
-            raise ClipOptionsError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, "
-                                   f"got {self.nonfinite!r}")
-        check_threshold("max_norm", self.max_norm)
-        check_threshold("max_value", self.max_value)
-        p = self.norm_value
-        if math.isnan(p) or not (p > 0):
-            raise ClipOptionsError(f"norm_type must be > 0 or inf, got {self.norm_type!r}")
-        if self.percentile is not None and not 0 < float(self.percentile) <= 100:
-            raise ClipOptionsError(f"percentile must be in (0, 100], got {self.percentile!r}")
-        if self.history is not None and int(self.history) <= 0:
-            raise ClipOptionsError(f"history must be > 0, got {self.history!r}")
-        if self.ema_alpha is not None and not 0 < float(self.ema_alpha) < 1:
-            raise ClipOptionsError(f"ema_alpha must be in (0, 1), got {self.ema_alpha!r}")
-        if self.warmup_steps is not None and int(self.warmup_steps) < 0:
-            raise ClipOptionsError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        for key in ("z_threshold", "clipping", "eps"):
-            if getattr(self, key) is not None:
-                check_threshold(key, getattr(self, key))
+        """Raise ClipOptionsError (one line naming the option) for anything out of range;
+        store each value normalised (the dataclass is frozen: set through object)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("check") == "norm_type":
+                value = _norm_type(value)
+            elif "spec" in f.metadata and value is not None:
+                value = _checked(f.name, f.metadata["spec"], value)
+            object.__setattr__(self, f.name, value)
+        for mode, keys in MODE_PARAMS.items():
+            for key in keys:
+                if mode != self.mode and getattr(self, key) is not None:
+                    raise ClipOptionsError(key, f"only used by mode {fmt(mode)}, "
+                                                f"not {fmt(self.mode)}")
+
+    def resolved(self) -> Self:
+        """The same options with this mode's parameters left out set to their defaults."""
+        specs = {f.name: f.metadata["spec"] for f in fields(self) if "spec" in f.metadata}
+        return replace(self, **{k: specs[k].default for k in MODE_PARAMS.get(self.mode, ())
+                                if getattr(self, k) is None})
 
     @property
     def norm_value(self) -> float:
-        try:
-            return float(self.norm_type)
-        except (TypeError, ValueError):
-            raise ClipOptionsError(f"norm_type must be a number or inf, "
-                                   f"got {self.norm_type!r}") from None
+        return float(self.norm_type)  # normalised by check(): a float, math.inf for "inf"
 
     def adaptive(self) -> dict[str, Any]:
         """The adaptive mode's own parameters that are set (empty for norm/value/none)."""
@@ -146,7 +149,31 @@ class ClipOptions:
         options = dict(extra or {}, **given)
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ClipOptionsError(f"unknown clip option(s): {', '.join(unknown)}")
+            raise ClipOptionsError(None, f"unknown clip option(s): {', '.join(unknown)}")
         if isinstance(clip, ClipOptions):
             return replace(clip, **options) if options else clip
         return cls(mode=clip, **options)
+
+
+def _checked(key: str, spec: Spec, value: Any) -> Any:
+    """`spec.check(value)` as a ClipOptionsError naming `key`. Python callers may pass numpy
+    scalars (any numbers.Real); a config's TOML values are plain int / float already."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | int | float):
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
+    try:
+        return spec.check(value)
+    except ValueError as exc:
+        raise ClipOptionsError(key, str(exc)) from None
+
+
+def _norm_type(value: Any) -> float:
+    """A number > 0 or inf ("inf" or "+inf" as a string, as TOML has no bare inf in strings)."""
+    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf"):
+        return math.inf
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | int | float):
+        value = float(value)
+    if not is_number(value) or math.isnan(value):
+        raise ClipOptionsError("norm_type", f"expected a number or \"inf\", got {fmt(value)}")
+    if value <= 0:
+        raise ClipOptionsError("norm_type", f"must be > 0 (or inf), got {fmt(value)}")
+    return float(value)

@@ -147,7 +147,7 @@ class Tracker:
         given = {k: v for k, v in (("max_norm", max_norm), ("norm_type", norm_type),
                                    ("max_value", max_value), ("nonfinite", nonfinite))
                  if v is not None}
-        self.options = ClipOptions.build(clip, clip_options, **given)
+        self.options = ClipOptions.build(clip, clip_options, **given).resolved()
         built = AlertOptions.build(alerts)
         self.alerts = built if built is not None and built.enabled else None
         self.on_rewind = on_rewind
