@@ -83,7 +83,7 @@ def hf_run(tmp: Path, name: str, spike_at: int = K, skip: int = 0,
                                 alerts={**ALERTS, "rewind_skip": skip, **alerts_options})
     trainer = transformers.Trainer(
         model=HFSpike(spike_at), args=args, callbacks=[callback],
-        train_dataset=[{"inputs": a, "labels": b} for a, b in zip(x, y)])
+        train_dataset=[{"inputs": a, "labels": b} for a, b in zip(x, y, strict=True)])
     return trainer, tmp / "runs" / name
 
 
@@ -182,3 +182,85 @@ def test_ctl_rewind_a_live_trainer(tmp_path: Path) -> None:
     (rewind,), = [rewinds(run_dir)]
     assert (rewind["to"], rewind["before"], rewind["skip"]) == (30, 35, 2)
     assert trainer.state.global_step == len(rows)
+
+
+# -- Lightning ------------------------------------------------------------------------------------
+
+
+def lightning_run(tmp: Path, name: str, skip: int = 0, every: int = SAVE_EVERY) -> tuple[Any, Any,
+                                                                                         Path]:
+    L = pytest.importorskip("lightning.pytorch")
+    from clipdash.integrations.lightning import ClipdashCallback
+
+    class Module(L.LightningModule):
+        """The spike model; `returned` holds what each training_step gave Lightning."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.inner = make_model(8, 2, K)
+            self.returned: list[tuple[int, float]] = []  # (global_step, loss)
+            self.inputs: list[torch.Tensor] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            self.inputs.append(x.clone())
+            loss = nn.functional.mse_loss(self.inner(x), y)
+            self.returned.append((self.global_step, float(loss.detach())))
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=25, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    checkpoints = L.callbacks.ModelCheckpoint(dirpath=tmp / f"{name}-ckpt",
+                                              every_n_train_steps=every, save_top_k=-1)
+    callback = ClipdashCallback(name=name, runs_dir=tmp / "runs",
+                                alerts={**ALERTS, "rewind_skip": skip})
+    trainer = L.Trainer(max_steps=STEPS, gradient_clip_val=1.0, accelerator="cpu", devices=1,
+                        logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback, checkpoints])
+    return trainer, Module(), tmp / "runs" / name
+
+
+def lightning_loader() -> Any:
+    x, y = data()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+
+
+def test_lightning_rewinds_to_its_checkpoint_before_the_spike(tmp_path: Path) -> None:
+    trainer, module, run_dir = lightning_run(tmp_path, "pl", skip=2)
+    trainer.fit(module, lightning_loader())
+    assert trainer.global_step == STEPS
+    # What Lightning handed out last for each step (its global_step went back at the rewind).
+    losses = dict(module.returned)
+    check_record(run_dir, losses)
+    (rewind,), = [rewinds(run_dir)]
+    done = rewind["from"]
+    assert (rewind["to"], rewind["before"], rewind["skip"]) == (40, K, 2) and done in (K + 1,
+                                                                                     K + 2)
+    assert [s for s, _ in module.returned] == list(range(done)) + list(range(40, STEPS))
+    # StepLR(25, 0.5) per step from the restored scheduler state: the replay's LRs are the
+    # schedule's, not those of the step the rewind came from.
+    lrs = [r[0] for r in steps(run_dir, "lr")]
+    assert lrs == pytest.approx([0.05 * 0.5 ** (t // 25) for t in range(STEPS)], rel=1e-12)
+    # The data stream ran on: two batches dropped, then the batches after them (20 per epoch).
+    x, _ = data()
+    stream = [x[16 * (b % 20):16 * (b % 20) + 16] for b in range(done + 2 + STEPS - 40)]
+    trained = stream[:done] + stream[done + 2:]
+    assert len(module.inputs) == len(trained)
+    assert all(torch.equal(a, b) for a, b in zip(module.inputs, trained, strict=True))
+    assert status(run_dir) == ("finished", None)
+
+
+def test_lightning_without_a_checkpoint_before_the_spike_pauses(tmp_path: Path) -> None:
+    trainer, module, run_dir = lightning_run(tmp_path, "plnone", every=1000)
+    thread = threading.Thread(target=trainer.fit, args=(module, lightning_loader()), daemon=True)
+    thread.start()
+    wait_until(lambda: run_dir.exists() and status(run_dir)[0] == "paused", 60, "the pause")
+    message, = query(run_dir, "SELECT message FROM events WHERE kind = 'control'")[0]
+    assert f"no checkpoint at or before step {K}" in message
+    control.stop(run_dir, timeout=30)
+    thread.join(60)
+    assert not thread.is_alive() and status(run_dir)[0] == "stopped"

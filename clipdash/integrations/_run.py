@@ -94,9 +94,9 @@ def same_param_groups(optimizers: list[Any]) -> Iterator[None]:
     into the original dicts, which go back in place."""
     before = [list(unwrap_optimizer(o).param_groups) for o in optimizers]
     yield
-    for opt, old in zip(optimizers, before):
+    for opt, old in zip(optimizers, before, strict=True):
         groups = unwrap_optimizer(opt).param_groups
-        for i, (mine, loaded) in enumerate(zip(old, groups)):
+        for i, (mine, loaded) in enumerate(zip(old, groups, strict=True)):
             if mine is not loaded:
                 mine.clear()
                 mine.update(loaded)

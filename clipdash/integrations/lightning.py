@@ -48,6 +48,7 @@ try:
 except ImportError as exc:
     raise missing("lightning", "lightning", exc) from exc
 
+from clipdash.integrations._lightning_rewind import LightningRewind
 from clipdash.integrations._run import FrameworkClip, TrackedRun
 
 VAL_PREFIXES = ("val_", "val/", "val.", "valid_", "valid/", "validation_", "validation/")
@@ -124,7 +125,7 @@ class ClipdashCallback(L.Callback):
             framework, start_step=trainer.global_step,
             total_steps=int(estimated) if estimated != float("inf") else None,
             meta={"framework": f"lightning {lightning.__version__}"},
-            leader=trainer.is_global_zero)
+            leader=trainer.is_global_zero, on_rewind=LightningRewind(trainer))
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if self.run.active:
