@@ -91,8 +91,10 @@ class LightningRewind:
         return int(t.global_step)
 
     def _skip(self, n: int) -> None:
+        if not n:
+            return
         fetcher = getattr(self.trainer.fit_loop, "_data_fetcher", None)
-        if n and fetcher is None:
+        if fetcher is None:
             raise ValueError("this Lightning version keeps no data fetcher to skip batches in")
         for _ in range(n):
             try:
