@@ -94,10 +94,12 @@ def hf_logged(trainer: Any, key: str) -> dict[int, float]:
 
 def test_trainer_rewinds_to_its_checkpoint_before_the_spike(tmp_path: Path) -> None:
     trainer, run_dir = hf_run(tmp_path, "hf")
-    trainer.train()
+    output = trainer.train()
     assert trainer.state.global_step == STEPS  # the rewound steps were trained again
     logged = hf_logged(trainer, "loss")
     assert sorted(logged) == list(range(STEPS))  # its log history was rewound too
+    # Its train_loss is the mean over the steps that stayed (logged losses are rounded).
+    assert output.training_loss == pytest.approx(np.mean(list(logged.values())), rel=1e-4)
     record = check_record(run_dir, logged)
     (rewind,), = [rewinds(run_dir)]
     assert (rewind["to"], rewind["before"]) == (40, K) and rewind["from"] in (K + 1, K + 2)
@@ -187,8 +189,8 @@ def test_ctl_rewind_a_live_trainer(tmp_path: Path) -> None:
 # -- Lightning ------------------------------------------------------------------------------------
 
 
-def lightning_run(tmp: Path, name: str, skip: int = 0, every: int = SAVE_EVERY) -> tuple[Any, Any,
-                                                                                         Path]:
+def lightning_run(tmp: Path, name: str, skip: int = 0, every: int = SAVE_EVERY,
+                  max_steps: int = STEPS) -> tuple[Any, Any, Path]:
     L = pytest.importorskip("lightning.pytorch")
     from clipdash.integrations.lightning import ClipdashCallback
 
@@ -218,7 +220,7 @@ def lightning_run(tmp: Path, name: str, skip: int = 0, every: int = SAVE_EVERY) 
                                               every_n_train_steps=every, save_top_k=-1)
     callback = ClipdashCallback(name=name, runs_dir=tmp / "runs",
                                 alerts={**ALERTS, "rewind_skip": skip})
-    trainer = L.Trainer(max_steps=STEPS, gradient_clip_val=1.0, accelerator="cpu", devices=1,
+    trainer = L.Trainer(max_steps=max_steps, gradient_clip_val=1.0, accelerator="cpu", devices=1,
                         logger=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[callback, checkpoints])
     return trainer, Module(), tmp / "runs" / name
@@ -264,3 +266,25 @@ def test_lightning_without_a_checkpoint_before_the_spike_pauses(tmp_path: Path) 
     control.stop(run_dir, timeout=30)
     thread.join(60)
     assert not thread.is_alive() and status(run_dir)[0] == "stopped"
+
+
+def test_ctl_rewind_a_live_lightning_fit(tmp_path: Path) -> None:
+    trainer, module, run_dir = lightning_run(tmp_path, "plctl", max_steps=100_000)
+    module.inner.spike_at = set()  # no alert: the rewind is the user's
+    thread = threading.Thread(target=trainer.fit, args=(module, lightning_loader()), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: run_dir.exists() and status(run_dir)[0] == "running"
+                   and (steps(run_dir, "MAX(step)")[0][0] or 0) >= 40, 60, "step 40")
+        result = control.rewind(run_dir, to=35, timeout=30)
+        assert "rewound from step" in result.message and result.step == 30
+        wait_until(lambda: (steps(run_dir, "MAX(step)")[0][0] or 0) >= result.step + 5, 60,
+                   "steps after the rewind")
+        control.stop(run_dir, timeout=30)
+    finally:
+        thread.join(60)
+    rows = [s for s, in steps(run_dir, "step")]
+    assert rows == list(range(len(rows))), "one row per step"
+    (rewind,), = [rewinds(run_dir)]
+    assert (rewind["to"], rewind["before"], rewind["source"]) == (30, 35, "api")
+    assert trainer.global_step == len(rows) and status(run_dir) == ("stopped", None)

@@ -30,6 +30,10 @@ What it does, hook by hook (Lightning's own order):
   handling stays: Ctrl-C ends the run "stopped" ("interrupted"), and so does SIGTERM, which
   Lightning turns into a stop between batches ("SIGTERM").
 
+Rewind (an alert with action "rewind", `clipdash ctl RUN rewind`): at `on_train_batch_end`,
+back to the newest ModelCheckpoint `.ckpt` this fit saved, in this process; the data stream runs
+on (`_lightning_rewind.py` says what is restored and which batches the replay sees).
+
 Automatic optimization with one optimizer (Lightning's own limit) and manual optimization with
 one `opt.step()` per batch are supported.
 """

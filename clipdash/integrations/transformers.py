@@ -25,6 +25,10 @@ What it does, hook by hook (the Trainer's own order):
   (after N optimizer steps) is recorded at clipdash step N - 1.
 - an exception out of `trainer.train()` marks the run failed with its reason (steps before it
   are all kept); a process that exits without `on_train_end` does the same (atexit).
+- rewind (an alert with action "rewind", `clipdash ctl RUN rewind`): at `on_step_end`, back to
+  the newest `output_dir/checkpoint-N` saved during this training, in this process; the data
+  stream runs on (`_trainer_rewind.py` says what is restored and which batches the replay sees).
+  `on_save` notes each checkpoint.
 - SIGINT (Ctrl-C) and SIGTERM finish the current step and stop training as a `stop` command
   does; a second Ctrl-C aborts (`Tracker.handle_signals`, for the duration of `train()`).
 """
