@@ -56,11 +56,17 @@ class LightningRewind:
         out: dict[Path, int] = {}
         for mtime, path in sorted(found):
             key = (path, mtime)
-            if key not in self._steps:  # read the step only (mmap: no tensor is read)
-                saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-                self._steps[key] = int(saved["global_step"])
+            if key not in self._steps:
+                self._steps[key] = self._global_step(path)
             out[path] = self._steps[key]
         return out
+
+    def _global_step(self, path: Path) -> int:
+        try:  # mmap: no tensor is read, only the step
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception:  # noqa: BLE001 - e.g. hyperparameters weights_only refuses
+            saved = self.trainer.strategy.load_checkpoint(path)  # as Lightning's resume does
+        return int(saved["global_step"])
 
     def __call__(self, before: int, skip: int) -> int | None:
         path = newest_at_most(self.checkpoints(), before)

@@ -36,6 +36,7 @@ What it does, hook by hook (the Trainer's own order):
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ except ImportError as exc:
 
 from clipdash.integrations._run import FrameworkClip, TrackedRun
 from clipdash.integrations._trainer_rewind import TrainerRewind, unsupported
+
+log = logging.getLogger("clipdash")
 
 # Speed figures the Trainer adds to every evaluation: not metrics of the model.
 SPEED_METRICS = ("runtime", "samples_per_second", "steps_per_second", "jit_compilation_time",
@@ -144,7 +147,10 @@ class ClipdashCallback(transformers.TrainerCallback):
         # Under fp16 Accelerate's GradScaler already skips a non-finite step (found when the
         # Trainer unscales), and it must see every step to lower its scale: no gate then.
         scaled = getattr(trainer.optimizer, "scaler", None) is not None
-        self.rewind = None if unsupported(trainer) else TrainerRewind(trainer, state.global_step)
+        why = unsupported(trainer)
+        if why is not None and state.is_world_process_zero:
+            log.info("clipdash: no rewind in this run: %s", why)
+        self.rewind = None if why else TrainerRewind(trainer, state.global_step)
         if self.rewind is not None:
             self._patch(trainer, "_run_epoch", self.rewind.run_epoch(trainer._run_epoch))
             self._patch(trainer, "get_batch_samples",
