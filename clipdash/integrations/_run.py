@@ -11,10 +11,12 @@ dies without the framework's end hook.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import inspect
 import logging
 import math
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ log = logging.getLogger("clipdash")
 
 # Set by the callback from the framework; passing them too would be ambiguous.
 RESERVED = ("model", "optimizer", "scheduler", "run_dir", "name", "runs_dir", "max_norm",
-            "start_step", "total_steps")
+            "start_step", "total_steps", "on_rewind")
 EXIT_MESSAGE = "the process exited during training, without the framework's end of training"
 
 
@@ -74,6 +76,33 @@ def describe(settings: dict[str, Any], options: dict[str, Any]) -> str:
     return "no clipping" if mode == "none" else f"clip mode {mode}"
 
 
+def newest_at_most(saved: Mapping[Any, int], before: int) -> Any | None:
+    """The key of `saved` ({checkpoint: steps done}) with the most steps <= `before`; among
+    equals the one listed last (the newest save)."""
+    best, best_step = None, -1
+    for key, step in saved.items():
+        if best_step <= step <= before:
+            best, best_step = key, step
+    return best
+
+
+@contextlib.contextmanager
+def same_param_groups(optimizers: list[Any]) -> Iterator[None]:
+    """Load optimizer states inside this: `Optimizer.load_state_dict` replaces every param group
+    dict with a new one, but the Tracker reads the LRs from the group dicts it was given (and
+    would record the LR of the moment of the rewind ever after). The loaded values are copied
+    into the original dicts, which go back in place."""
+    before = [list(unwrap_optimizer(o).param_groups) for o in optimizers]
+    yield
+    for opt, old in zip(optimizers, before, strict=True):
+        groups = unwrap_optimizer(opt).param_groups
+        for i, (mine, loaded) in enumerate(zip(old, groups, strict=True)):
+            if mine is not loaded:
+                mine.clear()
+                mine.update(loaded)
+                groups[i] = mine
+
+
 class TrackedRun:
     """The Tracker of one `train()` / `fit()` call, and the patches made for it."""
 
@@ -97,7 +126,8 @@ class TrackedRun:
 
     def start(self, model: nn.Module, optimizer: Any, scheduler: Any, stepped: Any,
               framework: FrameworkClip, *, start_step: int, total_steps: int | None,
-              meta: dict[str, Any], leader: bool) -> Tracker:
+              meta: dict[str, Any], leader: bool,
+              on_rewind: Callable[[int, int], int | None] | None = None) -> Tracker:
         """Open the record; `stepped` is the object whose `step()` the framework calls, or None
         where the framework already skips non-finite steps (a GradScaler)."""
         settings = clip_settings(self.max_norm, self.options, framework)
@@ -106,7 +136,8 @@ class TrackedRun:
             NamedView(model), unwrap_optimizer(optimizer), unwrap_scheduler(scheduler),
             name=self.name, runs_dir=self.runs_dir, run_dir=self.run_dir,
             start_step=start_step, total_steps=total_steps,
-            meta={**meta, **options.pop("meta", {})}, **settings, **options)
+            meta={**meta, **options.pop("meta", {})}, on_rewind=on_rewind, **settings,
+            **options)
         self.gate = StepGate(stepped) if stepped is not None else None
         if leader:
             self._announce(framework, settings, options)

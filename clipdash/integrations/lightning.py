@@ -30,6 +30,10 @@ What it does, hook by hook (Lightning's own order):
   handling stays: Ctrl-C ends the run "stopped" ("interrupted"), and so does SIGTERM, which
   Lightning turns into a stop between batches ("SIGTERM").
 
+Rewind (an alert with action "rewind", `clipdash ctl RUN rewind`): at `on_train_batch_end`,
+back to the newest ModelCheckpoint `.ckpt` this fit saved, in this process; the data stream runs
+on (`_lightning_rewind.py` says what is restored and which batches the replay sees).
+
 Automatic optimization with one optimizer (Lightning's own limit) and manual optimization with
 one `opt.step()` per batch are supported.
 """
@@ -48,6 +52,7 @@ try:
 except ImportError as exc:
     raise missing("lightning", "lightning", exc) from exc
 
+from clipdash.integrations._lightning_rewind import LightningRewind
 from clipdash.integrations._run import FrameworkClip, TrackedRun
 
 VAL_PREFIXES = ("val_", "val/", "val.", "valid_", "valid/", "validation_", "validation/")
@@ -124,7 +129,7 @@ class ClipdashCallback(L.Callback):
             framework, start_step=trainer.global_step,
             total_steps=int(estimated) if estimated != float("inf") else None,
             meta={"framework": f"lightning {lightning.__version__}"},
-            leader=trainer.is_global_zero)
+            leader=trainer.is_global_zero, on_rewind=LightningRewind(trainer))
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         if self.run.active:

@@ -25,6 +25,10 @@ What it does, hook by hook (the Trainer's own order):
   (after N optimizer steps) is recorded at clipdash step N - 1.
 - an exception out of `trainer.train()` marks the run failed with its reason (steps before it
   are all kept); a process that exits without `on_train_end` does the same (atexit).
+- rewind (an alert with action "rewind", `clipdash ctl RUN rewind`): at `on_step_end`, back to
+  the newest `output_dir/checkpoint-N` saved during this training, in this process; the data
+  stream runs on (`_trainer_rewind.py` says what is restored and which batches the replay sees).
+  `on_save` notes each checkpoint.
 - SIGINT (Ctrl-C) and SIGTERM finish the current step and stop training as a `stop` command
   does; a second Ctrl-C aborts (`Tracker.handle_signals`, for the duration of `train()`).
 """
@@ -32,6 +36,7 @@ What it does, hook by hook (the Trainer's own order):
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,9 @@ except ImportError as exc:
     raise missing("transformers", "transformers", exc) from exc
 
 from clipdash.integrations._run import FrameworkClip, TrackedRun
+from clipdash.integrations._trainer_rewind import TrainerRewind, unsupported
+
+log = logging.getLogger("clipdash")
 
 # Speed figures the Trainer adds to every evaluation: not metrics of the model.
 SPEED_METRICS = ("runtime", "samples_per_second", "steps_per_second", "jit_compilation_time",
@@ -99,6 +107,7 @@ class ClipdashCallback(transformers.TrainerCallback):
                  **tracker_options: Any) -> None:
         self.run = TrackedRun(name, runs_dir, run_dir, max_norm, tracker_options)
         self._restore: list[tuple[Any, str, Any]] = []
+        self.rewind: TrainerRewind | None = None
 
     @property
     def tracker(self) -> Any:
@@ -138,12 +147,20 @@ class ClipdashCallback(transformers.TrainerCallback):
         # Under fp16 Accelerate's GradScaler already skips a non-finite step (found when the
         # Trainer unscales), and it must see every step to lower its scale: no gate then.
         scaled = getattr(trainer.optimizer, "scaler", None) is not None
+        why = unsupported(trainer)
+        if why is not None and state.is_world_process_zero:
+            log.info("clipdash: no rewind in this run: %s", why)
+        self.rewind = None if why else TrainerRewind(trainer, state.global_step)
+        if self.rewind is not None:
+            self._patch(trainer, "_run_epoch", self.rewind.run_epoch(trainer._run_epoch))
+            self._patch(trainer, "get_batch_samples",
+                        self.rewind.get_batch_samples(trainer.get_batch_samples))
         tracker = self.run.start(
             trainer.model, trainer.optimizer, trainer.lr_scheduler,
             None if scaled else trainer.optimizer, framework,
             start_step=state.global_step, total_steps=state.max_steps or None,
             meta={"framework": f"transformers {transformers.__version__}"},
-            leader=state.is_world_process_zero)
+            leader=state.is_world_process_zero, on_rewind=self.rewind)
         # The Trainer has no signal handling of its own: Ctrl-C or SIGTERM finishes the step and
         # stops the Trainer its own way (a second Ctrl-C aborts); the handlers go at the end.
         tracker.handle_signals()
@@ -177,11 +194,18 @@ class ClipdashCallback(transformers.TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if not self.run.active:
             return control
-        if self.run.end_step(epoch_of(state), mean=False):
+        stopping = self.run.end_step(epoch_of(state), mean=False)
+        if self.rewind is not None:
+            self.rewind.after_step_end(control, stopping)
+        if stopping:
             control.should_training_stop = True
             if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
                 control.should_save = True
         return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.rewind is not None:
+            self.rewind.note_save(state.global_step)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None,
                     **kwargs: Any) -> None:

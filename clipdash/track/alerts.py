@@ -30,6 +30,9 @@ METRICS = (("loss", "loss_spike"), ("grad_norm_pre", "grad_spike"))
 # The spread of the logs never counts as less than this (2%): a series that is flat for
 # `window` steps must not alert on a move of a few percent.
 LOG_STD_FLOOR = 0.02
+# The last steps of epochs are judged against each other (see SpikeWatch): this many of the
+# latest, from this many on.
+TAIL_WINDOW, TAIL_MIN = 10, 3
 RESUM_EVERY = 10  # windows; re-adding the ring bounds the float drift of the running sums
 
 
@@ -155,23 +158,6 @@ class RollingStats:
         var = max(self.squares / self.n - mean * mean, 0.0)
         return mean + z * max(math.sqrt(var), LOG_STD_FLOOR)
 
-    def ordered(self) -> np.ndarray:
-        """The values in the window, oldest first."""
-        if self.n < self.window:
-            return self.ring[: self.n]
-        return np.concatenate([self.ring[self.head:], self.ring[: self.head]])
-
-    def extend(self, values: np.ndarray) -> None:
-        """`add` of each value in turn (the sums recomputed exactly, as a re-sum does)."""
-        if not len(values):
-            return
-        kept = np.concatenate([self.ordered(), values])[-self.window:]
-        self.ring[: len(kept)] = kept
-        self.n = len(kept)
-        self.head = self.n % self.window
-        self.total, self.squares = float(kept.sum()), float(kept @ kept)
-        self._since_resum = 0
-
     def add(self, x: float) -> None:
         if self.n == self.window:
             old = self.ring[self.head]
@@ -190,6 +176,16 @@ class RollingStats:
             self._since_resum = 0
 
 
+@dataclass
+class _Held:
+    """A step over a threshold, held until the next step shows whether it ended its epoch."""
+
+    step: int
+    epoch: int
+    logs: dict[str, float]  # metric -> log(value), for the metrics that spiked
+    alerts: list[Alert]
+
+
 class SpikeWatch:
     """Checks recorded steps in order against the options; returns the alerts they raise.
 
@@ -199,14 +195,27 @@ class SpikeWatch:
     the history clipped to the threshold, so one spike does not blind the check for the next
     `window` steps. One alert per metric per excursion: the metric must come back under its
     threshold before it alerts again.
+
+    The last batch of an epoch is often smaller (a dataset that batch_size does not divide),
+    and its gradient norm and loss are then from another distribution: on the examples those
+    steps were every false alarm of the gradient norm (x5 the usual norm, z 6-7.5, once an
+    epoch). So a step over a threshold is held until the next step arrives; if the epoch
+    changed there, it was its epoch's last step and is judged only against the last steps of
+    the earlier epochs (their own history of `TAIL_WINDOW`, from `TAIL_MIN` of them; the main
+    history never sees them). Holding costs nothing in time: a steering action waits for step
+    s - 1's verdict at the boundary after step s, when step s is already handed over. A spike
+    at the very last step of a run is not judged (no step follows it).
     """
 
     def __init__(self, options: AlertOptions) -> None:
         self.options = options
         self.stats = {metric: RollingStats(options.window) for metric, _ in METRICS}
+        self.tail = {metric: RollingStats(TAIL_WINDOW) for metric, _ in METRICS}
         self.over = dict.fromkeys(self.stats, False)
         self.streak = 0
         self.checked = -1  # the last step checked
+        self.held: _Held | None = None
+        self.prev: tuple[int, dict[str, float]] | None = None  # the last step's epoch and logs
 
     def reset(self, history: dict[str, list[float]], next_step: int) -> None:
         """Start again from `history` (oldest first): the record was rewound to `next_step`."""
@@ -217,72 +226,75 @@ class SpikeWatch:
                     stats.add(math.log(value))
         self.over = dict.fromkeys(self.stats, False)
         self.streak = 0
+        self.held = self.prev = None
         self.checked = next_step - 1
 
     def check(self, cols: dict[str, Any]) -> list[Alert]:
-        if self._quiet(cols):
-            return []
         found: list[Alert] = []
         steps = cols["step"].tolist()
+        epochs = cols["epoch"].tolist() if "epoch" in cols else None
         series = {metric: cols[metric].tolist() for metric in self.stats}
         for i, step in enumerate(steps):
+            epoch = int(epochs[i]) if epochs is not None else None
+            if self.held is not None:
+                found += self._release(epoch)
+            elif self.prev is not None and epoch != self.prev[0]:  # it ended its epoch
+                for metric, log in self.prev[1].items():
+                    self.tail[metric].add(log)
             finite = True
+            held: dict[str, float] = {}
+            logs: dict[str, float] = {}
+            spikes: list[Alert] = []
             for metric, key in METRICS:
                 value = series[metric][i]
                 if not math.isfinite(value):
                     finite = False
                     continue
-                alert = self._check_value(step, metric, value, getattr(self.options, key))
+                if value > 0:
+                    logs[metric] = math.log(value)
+                alert = self._check_value(step, metric, value, getattr(self.options, key),
+                                          held if epoch is not None else None)
                 if alert is not None:
-                    found.append(alert)
+                    spikes.append(alert)
             self.streak = 0 if finite else self.streak + 1
             limit = self.options.nonfinite_streak
             if limit and self.streak == limit:
                 found.append(Alert(step, "nonfinite", float(limit), None, float(limit)))
-            self.checked = step
+            self.prev = None if epoch is None else (epoch, logs)
+            if held:
+                assert epoch is not None
+                self.held = _Held(step, epoch, held, spikes)
+                self.prev = None  # the release files it
+            else:
+                found += spikes
+                self.checked = step
         return found
 
-    def _quiet(self, cols: dict[str, Any]) -> bool:
-        """The usual batch, checked with numpy: every value finite and every z well under its
-        threshold. Then the state moves on as the step-by-step check would move it and True
-        is returned; otherwise nothing changes and the steps are checked one by one (exactly).
+    def _release(self, epoch: int | None) -> list[Alert]:
+        """The step after a held one arrived: judge the held one."""
+        held, self.held = self.held, None
+        assert held is not None
+        if epoch == held.epoch:  # not an epoch's last step: as judged
+            for metric, log in held.logs.items():
+                stats = self.stats[metric]
+                stats.add(min(log, stats.bound(getattr(self.options, _KEY[metric]))))
+            self.checked = held.step
+            return held.alerts
+        alerts = []
+        for metric, log in held.logs.items():  # its epoch's last step: against the others
+            tail = self.tail[metric]
+            threshold = getattr(self.options, _KEY[metric])
+            if tail.n >= TAIL_MIN and (z := tail.z(log)) > threshold:
+                alerts.append(Alert(held.step, metric, math.exp(log), z, threshold))
+                log = min(log, tail.bound(threshold))
+            else:
+                self.over[metric] = False
+            tail.add(log)
+        self.checked = held.step
+        return alerts
 
-        The writer thread holds the GIL while it checks: a per-step Python loop here costs the
-        training thread as much as it costs the writer."""
-        n = len(cols["step"])
-        if n == 0:
-            return True
-        series = {metric: np.asarray(cols[metric], np.float64) for metric in self.stats}
-        if not all(np.isfinite(v).all() for v in series.values()):
-            return False
-        logs: dict[str, np.ndarray] = {}
-        for metric, key in METRICS:
-            stats, threshold = self.stats[metric], getattr(self.options, key)
-            values = series[metric]
-            log = np.log(values[values > 0])  # a value <= 0 is a fall: neither judged nor kept
-            logs[metric] = log
-            if not threshold or not len(log):
-                continue
-            if not stats.full or self.over[metric]:
-                return False
-            w = stats.window
-            history = np.concatenate([stats.ordered(), log])
-            sums = np.concatenate([[0.0], np.cumsum(history)])
-            squares = np.concatenate([[0.0], np.cumsum(history * history)])
-            mean = (sums[w:-1] - sums[: len(log)]) / w
-            var = np.maximum((squares[w:-1] - squares[: len(log)]) / w - mean * mean, 0.0)
-            z = (log - mean) / np.maximum(np.sqrt(var), LOG_STD_FLOOR)
-            # A margin for the rounding of the running sums: close calls take the exact path.
-            if (z > threshold - 1e-6).any():
-                return False
-        for metric, log in logs.items():
-            self.stats[metric].extend(log)
-        self.streak = 0
-        self.checked = int(cols["step"][-1])
-        return True
-
-    def _check_value(self, step: int, metric: str, value: float,
-                     threshold: float) -> Alert | None:
+    def _check_value(self, step: int, metric: str, value: float, threshold: float,
+                     held: dict[str, float] | None) -> Alert | None:
         if value <= 0:
             return None
         stats = self.stats[metric]
@@ -292,8 +304,15 @@ class SpikeWatch:
             return None
         z = stats.z(log)
         spiked = z > threshold
+        if spiked and held is not None:
+            held[metric] = log  # judged when the next step shows whether the epoch ended
+            self.over[metric], was_over = True, self.over[metric]
+            return None if was_over else Alert(step, metric, value, z, threshold)
         alert = Alert(step, metric, value, z, threshold) if spiked and not self.over[metric] \
             else None
         self.over[metric] = spiked
         stats.add(min(log, stats.bound(threshold)) if spiked else log)
         return alert
+
+
+_KEY = dict(METRICS)
