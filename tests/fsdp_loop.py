@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--max-norm", type=float, default=0.5)
-    ap.add_argument("--norm-type", default="2")
+    ap.add_argument("--norm-type", type=float, default=2.0)  # "inf" parses too
     ap.add_argument("--clip", default="norm")
     ap.add_argument("--pause-at", type=int, default=-1)
     ap.add_argument("--pause-s", type=float, default=0.0)
