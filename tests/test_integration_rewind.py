@@ -148,10 +148,9 @@ def test_trainer_replay_continues_the_data_stream_and_skips(tmp_path: Path) -> N
     assert trainer.state.global_step == STEPS and steps(run_dir, "COUNT(*)") == [(STEPS,)]
 
 
-def test_trainer_without_a_checkpoint_before_the_spike_pauses(tmp_path: Path) -> None:
-    trainer, run_dir = hf_run(tmp_path, "nockpt")
-    trainer.args.save_steps = 1000
-    thread = threading.Thread(target=trainer.train, daemon=True)
+def pauses_for_want_of_a_checkpoint(run_dir: Path, thread: threading.Thread) -> None:
+    """The alert's rewind found no checkpoint before step K: the run pauses, says so, and stops
+    when told to."""
     thread.start()
     wait_until(lambda: run_dir.exists() and status(run_dir)[0] == "paused", 60, "the pause")
     message, = query(run_dir, "SELECT message FROM events WHERE kind = 'control'")[0]
@@ -159,6 +158,12 @@ def test_trainer_without_a_checkpoint_before_the_spike_pauses(tmp_path: Path) ->
     control.stop(run_dir, timeout=30)
     thread.join(60)
     assert not thread.is_alive() and status(run_dir)[0] == "stopped"
+
+
+def test_trainer_without_a_checkpoint_before_the_spike_pauses(tmp_path: Path) -> None:
+    trainer, run_dir = hf_run(tmp_path, "nockpt")
+    trainer.args.save_steps = 1000
+    pauses_for_want_of_a_checkpoint(run_dir, threading.Thread(target=trainer.train, daemon=True))
 
 
 def test_ctl_rewind_a_live_trainer(tmp_path: Path) -> None:
@@ -258,14 +263,8 @@ def test_lightning_rewinds_to_its_checkpoint_before_the_spike(tmp_path: Path) ->
 
 def test_lightning_without_a_checkpoint_before_the_spike_pauses(tmp_path: Path) -> None:
     trainer, module, run_dir = lightning_run(tmp_path, "plnone", every=1000)
-    thread = threading.Thread(target=trainer.fit, args=(module, lightning_loader()), daemon=True)
-    thread.start()
-    wait_until(lambda: run_dir.exists() and status(run_dir)[0] == "paused", 60, "the pause")
-    message, = query(run_dir, "SELECT message FROM events WHERE kind = 'control'")[0]
-    assert f"no checkpoint at or before step {K}" in message
-    control.stop(run_dir, timeout=30)
-    thread.join(60)
-    assert not thread.is_alive() and status(run_dir)[0] == "stopped"
+    pauses_for_want_of_a_checkpoint(run_dir, threading.Thread(
+        target=trainer.fit, args=(module, lightning_loader()), daemon=True))
 
 
 def test_ctl_rewind_a_live_lightning_fit(tmp_path: Path) -> None:
