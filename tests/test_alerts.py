@@ -365,6 +365,23 @@ def test_rewind_restores_the_checkpoint_state_exactly(tmp_path: Path) -> None:
                                                              rel=1e-5)
 
 
+def test_the_recorded_lr_follows_the_schedule_after_a_rewind(tmp_path: Path) -> None:
+    # optimizer.load_state_dict swaps every param-group dict and keeps the params lists: the
+    # Tracker must then read the LRs from the new dicts, not the ones it saw before the rewind.
+    config = tmp_path / "sched.toml"
+    config.write_text(RUN_CONFIG.format(k=K, steps=STEPS, action="rewind", skip=0)
+                      + '[scheduler]\nname = "StepLR"\nstep_size = 25\ngamma = 0.7\n'
+                      + 'interval = "step"\n')
+    from clipdash.cli import main
+
+    assert main(["run", str(config), "--runs-dir", str(tmp_path), "--name", "sched",
+                 "--no-progress"]) == 0
+    rows = steps_table(tmp_path / "sched", "step, lr")
+    assert [r[0] for r in rows] == list(range(STEPS))
+    assert [r[1] for r in rows] == pytest.approx([0.05 * 0.7 ** (s // 25) for s in range(STEPS)],
+                                                 rel=1e-6)
+
+
 def test_stop_action_stops_with_a_checkpoint(tmp_path: Path) -> None:
     run_dir = clipdash_run(tmp_path, "stop", "stop")
     last = query(run_dir, "SELECT MAX(step) FROM steps")[0][0]

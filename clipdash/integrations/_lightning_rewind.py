@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from clipdash.integrations._run import newest_at_most, same_param_groups
+from clipdash.integrations._run import newest_at_most
 
 FIT_LOOP_KEYS = {  # (checkpoint's loops.fit_loop key, the progress object it restores)
     "epoch_loop.automatic_optimization.optim_progress":
@@ -78,8 +78,7 @@ class LightningRewind:
         if "optimizer_states" not in ckpt:
             raise ValueError(f"{path} holds the weights only (ModelCheckpoint("
                              "save_weights_only=True)): the optimizer cannot be rewound")
-        with same_param_groups(t.optimizers):
-            t.strategy.load_optimizer_state_dict(ckpt)
+        t.strategy.load_optimizer_state_dict(ckpt)
         for config, state in zip(t.lr_scheduler_configs, ckpt.get("lr_schedulers", []),
                                  strict=False):
             config.scheduler.load_state_dict(state)

@@ -11,12 +11,11 @@ dies without the framework's end hook.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import inspect
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,23 +83,6 @@ def newest_at_most(saved: Mapping[Any, int], before: int) -> Any | None:
         if best_step <= step <= before:
             best, best_step = key, step
     return best
-
-
-@contextlib.contextmanager
-def same_param_groups(optimizers: list[Any]) -> Iterator[None]:
-    """Load optimizer states inside this: `Optimizer.load_state_dict` replaces every param group
-    dict with a new one, but the Tracker reads the LRs from the group dicts it was given (and
-    would record the LR of the moment of the rewind ever after). The loaded values are copied
-    into the original dicts, which go back in place."""
-    before = [list(unwrap_optimizer(o).param_groups) for o in optimizers]
-    yield
-    for opt, old in zip(optimizers, before, strict=True):
-        groups = unwrap_optimizer(opt).param_groups
-        for i, (mine, loaded) in enumerate(zip(old, groups, strict=True)):
-            if mine is not loaded:
-                mine.clear()
-                mine.update(loaded)
-                groups[i] = mine
 
 
 class TrackedRun:

@@ -25,7 +25,7 @@ from typing import Any
 import transformers
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from clipdash.integrations._run import newest_at_most, same_param_groups
+from clipdash.integrations._run import newest_at_most
 
 CHECKPOINT_DIR = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # The Trainer's own resume code, used as `train(resume_from_checkpoint=...)` uses it; the
@@ -74,8 +74,7 @@ class TrainerRewind:
             return None
         t = self.trainer
         t._load_from_checkpoint(path)
-        with same_param_groups([t.optimizer]):
-            t._load_optimizer_and_scheduler(path)
+        t._load_optimizer_and_scheduler(path)
         t._load_rng_state(path)
         saved = transformers.TrainerState.load_from_json(os.path.join(path, STATE_FILE))
         state = t.state

@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-Signature = tuple[tuple[int, int], ...]
+Signature = tuple[tuple[int, int, int], ...]
 NO_GROUP: dict[str, Any] = {"lr": math.nan}
 
 
@@ -56,7 +56,9 @@ class ParamSet:
     # -- change detection (hot path) -------------------------------------------------------
 
     def current_signature(self) -> Signature:
-        return tuple((id(g["params"]), len(g["params"]))
+        # id(g) too: optimizer.load_state_dict (a resume, a rewind) swaps every group dict but
+        # keeps its params list, and the LRs must then be read from the new dicts.
+        return tuple((id(g), id(g["params"]), len(g["params"]))
                      for o in self.optimizers for g in o.param_groups)
 
     def changed(self) -> bool:
