@@ -9,18 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ClipOptions", "Tracker", "__version__"]
+__all__ = ["ClipOptions", "PendingCheckpoint", "Tracker", "__version__"]
 
 if TYPE_CHECKING:
     from clipdash.track.options import ClipOptions
-    from clipdash.track.tracker import Tracker
+    from clipdash.track.tracker import PendingCheckpoint, Tracker
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Tracker":
-        from clipdash.track.tracker import Tracker
+    if name in ("Tracker", "PendingCheckpoint"):
+        from clipdash.track import tracker
 
-        return Tracker
+        return getattr(tracker, name)
     if name == "ClipOptions":
         from clipdash.track.options import ClipOptions
 

@@ -161,3 +161,33 @@ def test_a_name_outside_the_runs_dir_is_refused_and_nothing_is_written(tmp_path:
     with pytest.raises(ValueError):
         Tracker(model, opt, name=name, runs_dir=runs, quiet=True)
     assert list(tmp_path.rglob("*")) == []
+
+
+def test_a_pending_checkpoint_is_written_after_its_event_and_every_step_before_it(
+        tmp_path: Path) -> None:
+    from clipdash import PendingCheckpoint
+
+    run_dir = tmp_path / "ck"
+    seen: list[tuple[str, list[tuple[int, str]], int]] = []
+
+    def write(reason: str) -> None:
+        # What the record holds the moment before the file exists.
+        with RunReader(run_dir) as reader:
+            events = [(e["step"], e["kind"]) for e in reader.events_after()
+                      if e["kind"] == "checkpoint"]
+            seen.append((reason, events, reader.last_step()))
+
+    def hook(reason: str) -> PendingCheckpoint:
+        return PendingCheckpoint(run_dir / "ck.pt", 3, lambda: write(reason))
+
+    model, opt = make()
+    with Tracker(model, opt, run_dir=run_dir, tensorboard=False, quiet=True,
+                 checkpoint=hook) as tracker:
+        for _ in range(3):
+            one_step(model, tracker)
+        tracker.checkpoint()
+    assert seen == [("periodic", [(3, "checkpoint")], 2)]
+    with RunReader(run_dir) as reader:
+        (event,) = [e for e in reader.events_after() if e["kind"] == "checkpoint"]
+    assert event["data"] == {"path": "ck.pt", "reason": "periodic"}
+    assert event["message"] == "periodic checkpoint after 3 steps"

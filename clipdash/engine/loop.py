@@ -26,7 +26,7 @@ from clipdash.engine.errors import CheckpointError, ConfigError
 from clipdash.engine.models import build_model
 from clipdash.engine.optim import build_optimizer, build_scheduler
 from clipdash.engine.progress import RunProgress
-from clipdash.track.tracker import Tracker
+from clipdash.track.tracker import PendingCheckpoint, Tracker
 
 DEFAULT_MAX_THREADS = 4  # past this, small models get slower, not faster
 T = TypeVar("T")
@@ -196,15 +196,15 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def _checkpoint(self, reason: str) -> None:
-        # Every rank hands its steps over together (the recorded loss is their mean).
-        self.tracker.flush()
+    def _checkpoint(self, reason: str) -> PendingCheckpoint | None:
+        """The Tracker's checkpoint hook: it has flushed every rank's steps, and records the
+        checkpoint's event before calling `write`."""
         s = self.s
         path = checkpoint.path_for(self.run_dir, self.step)
         shards = (fsdp.save_shards(path, s.model, s.optimizer)  # every rank its own shards
                   if fsdp.is_sharded(s.model) else None)
         if not self.lead:  # under DDP rank 0 holds the same state as every rank
-            return
+            return None
         weights = ({"shards": shards} if shards is not None else
                    {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict()})
         state = {
@@ -216,13 +216,8 @@ class Trainer:
             "scheduler": s.driver.state_dict() if s.driver else None,
             "tracker": self.tracker.state_dict(),
         }
-        self.tracker.event("checkpoint", f"{reason} checkpoint after {self.step} steps",
-                           {"path": str(path.relative_to(self.run_dir)), "reason": reason})
-        # Every step before the checkpoint (and its event) is in the store and in TensorBoard
-        # before the checkpoint exists: a crash at any moment leaves no gap before it, and a
-        # resume replaces whatever was recorded after it.
-        self.tracker.flush()
-        checkpoint.save(self.run_dir, state, self.step)
+        step = self.step
+        return PendingCheckpoint(path, step, lambda: checkpoint.save(self.run_dir, state, step))
 
     def _restore(self) -> None:
         """Load the latest checkpoint; without one the run starts over in the same directory."""
@@ -315,7 +310,7 @@ class Trainer:
                     self.ended_early = True
                     break
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self._checkpoint("periodic")
+                    tracker.checkpoint("periodic")
                 if self.progress.due():
                     self.progress.update(self.step, tracker.latest())
                 if tracker.should_stop or self.step >= s.total_steps:

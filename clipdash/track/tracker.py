@@ -29,6 +29,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -66,10 +67,26 @@ NONFINITE_POLICIES = ("skip", "stop", "continue")
 # Clip modes that measure the post-clip norm on the clipped gradients (not derived from the
 # coefficient): under FSDP2 that measurement is local and needs its own reduction.
 LOCAL_POST_MODES = ("value", "agc")
-CheckpointFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PendingCheckpoint:
+    """What a checkpoint hook returns when the Tracker is to record the checkpoint: its event
+    and every step before it reach the record before `write()` makes the file exist, so a crash
+    at any moment leaves no gap before a checkpoint (and a resume replaces what came after)."""
+
+    path: Path  # where `write()` puts it, inside the run directory
+    steps: int  # steps done when it was taken
+    write: Callable[[], object]  # its result is ignored
+
+
+# Called with a reason ("periodic", "pause", "stop") and nothing else of the Tracker: a hook never
+# records through the Tracker. It saves by itself (returns None) or hands back a PendingCheckpoint.
+CheckpointFn = Callable[[str], "PendingCheckpoint | None"]
 RewindFn = Callable[[int, int], int | None]
 
-__all__ = ["AlertOptions", "ClipOptions", "RecordError", "Tracker", "TrackerError"]
+__all__ = ["AlertOptions", "ClipOptions", "PendingCheckpoint", "RecordError", "Tracker",
+           "TrackerError"]
 
 
 class TrackerError(RuntimeError):
@@ -90,8 +107,10 @@ class Tracker:
         clip: "norm", "value", "none", an adaptive mode ("percentile", "zscore", "agc"), or a
             ClipOptions; max_norm, norm_type, max_value, nonfinite and clip_options given here
             override its fields (see ClipOptions for every mode's parameters and checks).
-        checkpoint: called with a reason ("pause", "stop") so that pausing and stopping leave
-            a checkpoint; `clipdash run` passes its checkpointer.
+        checkpoint: called with a reason ("pause", "stop", or "periodic" from
+            `tracker.checkpoint()`) so that pausing and stopping leave a checkpoint. It saves by
+            itself, or returns a PendingCheckpoint for the Tracker to record first and then
+            write (what `clipdash run` does). It must not record through the Tracker.
         start_step: first step index. A start_step > 0 resumes the run in `run_dir`: what it
             holds at or after start_step is replaced.
         resume: continue the run in `run_dir` (from start_step). overwrite: replace it. With
@@ -515,9 +534,26 @@ class Tracker:
         """SIGINT and SIGTERM finish the current step and stop cleanly; a second SIGINT aborts."""
         self.control.handle_signals()
 
+    def checkpoint(self, reason: str = "periodic") -> None:
+        """Take a checkpoint through the `checkpoint` hook, between steps (pause and stop take
+        theirs by themselves). Under torch.distributed every rank calls it at the same step."""
+        if self._closed:
+            self._misuse("checkpoint")
+        self._checkpoint(reason)
+
     def _checkpoint(self, reason: str) -> None:
-        if self.checkpoint_fn is not None:
-            self.checkpoint_fn(reason)
+        if self.checkpoint_fn is None:
+            return
+        self.flush()  # every rank hands its steps over together (the loss is their mean)
+        pending = self.checkpoint_fn(reason)
+        if pending is None:
+            return
+        where = pending.path.relative_to(self.run_dir) if pending.path.is_relative_to(
+            self.run_dir) else pending.path
+        self.event("checkpoint", f"{reason} checkpoint after {pending.steps} steps",
+                   {"path": str(where), "reason": reason})
+        self.flush()
+        pending.write()
 
     def _rewind(self, cmd: Command, step: int) -> Outcome:
         """Go back to the newest saved state before the alert (or `--to`), at a boundary."""
