@@ -10,11 +10,7 @@ import torch
 from torch import nn
 
 from clipdash.store import RunReader
-from clipdash.track.adaptive import (
-    ALL_HISTORY_CAP,
-    PercentileClipper,
-    ZScoreClipper,
-)
+from clipdash.track.adaptive import ALL_HISTORY_CAP
 from clipdash.track.clippers import EPS, make_clipper
 from clipdash.track.steering import Command, Steering
 from clipdash.track.tracker import Tracker
@@ -65,7 +61,7 @@ def expected_clip(norm: float, threshold: float) -> tuple[float, float]:
 @pytest.mark.parametrize("p", [10.0, 50.0, 90.0])
 def test_percentile_threshold_is_numpy_percentile_of_history(p: float, history: int | None):
     norms = norm_sequence(80)
-    clipper = PercentileClipper(CPU, percentile=p, history=history, max_norm=3.0)
+    clipper = make_clipper("percentile", CPU, percentile=p, history=history, max_norm=3.0)
     thresholds, posts, grads = drive(clipper, norms)
     for t, norm in enumerate(norms):
         window = norms[: t + 1] if history is None else norms[max(0, t + 1 - history): t + 1]
@@ -80,11 +76,11 @@ def test_percentile_threshold_is_numpy_percentile_of_history(p: float, history: 
 
 
 def test_percentile_no_finite_history_uses_max_norm_and_all_history_grows():
-    clipper = PercentileClipper(CPU, percentile=10, max_norm=0.7)
+    clipper = make_clipper("percentile", CPU, percentile=10, max_norm=0.7)
     thresholds, _, _ = drive(clipper, [math.nan, 2.0])
     assert thresholds == [pytest.approx(0.7), pytest.approx(2.0)]
     norms = norm_sequence(300, seed=3, spikes=False)
-    clipper = PercentileClipper(CPU, percentile=25)
+    clipper = make_clipper("percentile", CPU, percentile=25)
     thresholds, _, _ = drive(clipper, norms)
     assert clipper.buf.numel() == 512 <= ALL_HISTORY_CAP  # grew from 256, by doubling
     finite = [v for v in norms if math.isfinite(v)]
@@ -94,9 +90,9 @@ def test_percentile_no_finite_history_uses_max_norm_and_all_history_grows():
 
 def test_percentile_state_dict_resumes_identically():
     norms = norm_sequence(60, seed=1)
-    a = PercentileClipper(CPU, percentile=20, history=25)
+    a = make_clipper("percentile", CPU, percentile=20, history=25)
     drive(a, norms[:30])
-    b = PercentileClipper(CPU, percentile=5, history=25)
+    b = make_clipper("percentile", CPU, percentile=5, history=25)
     b.load_state_dict(a.state_dict())
     assert b.percentile == 20
     assert drive(a, norms[30:])[0] == drive(b, norms[30:])[0]
@@ -137,7 +133,7 @@ def zclip_reference(norms: list[float], z: float, alpha: float, warmup: int,
 @pytest.mark.parametrize(("z", "alpha", "warmup"), [(2.5, 0.97, 25), (1.5, 0.8, 5), (2.0, 0.9, 0)])
 def test_zscore_threshold_matches_reference(z: float, alpha: float, warmup: int):
     norms = norm_sequence(120, seed=2)
-    clipper = ZScoreClipper(CPU, z_threshold=z, ema_alpha=alpha, warmup_steps=warmup,
+    clipper = make_clipper("zscore", CPU, z_threshold=z, ema_alpha=alpha, warmup_steps=warmup,
                             max_norm=1.5)
     thresholds, posts, _ = drive(clipper, norms)
     want = zclip_reference(norms, z, alpha, warmup, 1.5)
@@ -153,9 +149,9 @@ def test_zscore_threshold_matches_reference(z: float, alpha: float, warmup: int)
 
 def test_zscore_state_dict_resumes_identically():
     norms = norm_sequence(80, seed=4)
-    a = ZScoreClipper(CPU, warmup_steps=10)
+    a = make_clipper("zscore", CPU, warmup_steps=10)
     drive(a, norms[:40])
-    b = ZScoreClipper(CPU, warmup_steps=10)
+    b = make_clipper("zscore", CPU, warmup_steps=10)
     b.load_state_dict(a.state_dict())
     np.testing.assert_array_equal(drive(a, norms[40:])[0], drive(b, norms[40:])[0])
 

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from clipdash.track.clippers import EPS, Clipper
+from clipdash.track.options import ClipOptions, check_option
 
 ALL_HISTORY_CAP = 1 << 16  # "all" history: at most this many recent norms
 _FIRST_CAPACITY = 256  # an unbounded history starts this small and doubles (host-side decision)
@@ -63,35 +64,18 @@ def _apply_coef(grads: list[Tensor], coef: Tensor) -> None:
         torch._foreach_mul_(grads, coef.to(grads[0].dtype))
 
 
-def _check_percentile(value: float) -> float:
-    value = float(value)
-    if not 0.0 < value <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got {value:g}")
-    return value
-
-
-def _check_positive(key: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{key} must be a finite number > 0, got {value:g}")
-    return value
-
-
 class PercentileClipper(Clipper):
     """AutoClip: clip at the p-th percentile of the recent pre-clip norms (current included)."""
 
     mode = "percentile"
     settable = ("percentile",)
 
-    def __init__(self, device: torch.device, percentile: float = 10.0,
-                 history: int | None = None, max_norm: float = 1.0, **_: Any) -> None:
+    def __init__(self, device: torch.device, options: ClipOptions) -> None:
         super().__init__(device)
-        self.percentile = _check_percentile(percentile)
-        if history is not None and int(history) <= 0:
-            raise ValueError(f"history must be > 0, got {history}")
-        self.window = int(history) if history is not None else None
+        self.percentile = float(options.percentile)  # type: ignore[arg-type]
+        self.window = options.history
         self.cap = self.window if self.window is not None else ALL_HISTORY_CAP
-        self.fallback = torch.full((), float(max_norm), dtype=torch.float32, device=device)
+        self.fallback = torch.full((), options.max_norm, dtype=torch.float32, device=device)
         self.count = 0  # steps seen (host-side: indexing the ring never reads the device)
         self.buf = torch.full((self._capacity_for(1),), math.nan, device=device)
 
@@ -134,7 +118,7 @@ class PercentileClipper(Clipper):
     def set(self, key: str, value: float) -> float:
         if key != "percentile":
             raise KeyError(key)
-        old, self.percentile = self.percentile, _check_percentile(value)
+        old, self.percentile = self.percentile, check_option("percentile", value)
         return old
 
     def get(self, key: str) -> float:
@@ -147,7 +131,7 @@ class PercentileClipper(Clipper):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "percentile" in state:
-            self.percentile = _check_percentile(state["percentile"])
+            self.percentile = check_option("percentile", state["percentile"])
         if "buf" in state:
             self.buf = state["buf"].to(self.device, torch.float32, copy=True)
             self.count = int(state["count"])
@@ -159,17 +143,12 @@ class ZScoreClipper(Clipper):
     mode = "zscore"
     settable = ("z_threshold",)
 
-    def __init__(self, device: torch.device, z_threshold: float = 2.5, ema_alpha: float = 0.97,
-                 warmup_steps: int = 25, max_norm: float = 1.0, **_: Any) -> None:
+    def __init__(self, device: torch.device, options: ClipOptions) -> None:
         super().__init__(device)
-        self.z_threshold = _check_positive("z_threshold", z_threshold)
-        if not 0.0 < float(ema_alpha) < 1.0:
-            raise ValueError(f"ema_alpha must be in (0, 1), got {ema_alpha}")
-        if int(warmup_steps) < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.alpha = float(ema_alpha)
-        self.warmup_steps = int(warmup_steps)
-        self.max_norm = torch.full((), float(max_norm), dtype=torch.float32, device=device)
+        self.z_threshold = float(options.z_threshold)  # type: ignore[arg-type]
+        self.alpha = float(options.ema_alpha)  # type: ignore[arg-type]
+        self.warmup_steps = int(options.warmup_steps)  # type: ignore[arg-type]
+        self.max_norm = torch.full((), options.max_norm, dtype=torch.float32, device=device)
         self.warm = torch.full((max(1, self.warmup_steps),), math.nan, device=device)
         self.mean = torch.full((), math.nan, device=device)
         self.var = torch.full((), math.nan, device=device)
@@ -209,7 +188,7 @@ class ZScoreClipper(Clipper):
     def set(self, key: str, value: float) -> float:
         if key != "z_threshold":
             raise KeyError(key)
-        old, self.z_threshold = self.z_threshold, _check_positive(key, value)
+        old, self.z_threshold = self.z_threshold, check_option(key, value)
         return old
 
     def get(self, key: str) -> float:
@@ -224,7 +203,7 @@ class ZScoreClipper(Clipper):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "z_threshold" in state:
-            self.z_threshold = _check_positive("z_threshold", state["z_threshold"])
+            self.z_threshold = check_option("z_threshold", state["z_threshold"])
         if "count" in state:
             self.count = int(state["count"])
             self.warm = state["warm"].to(self.device, torch.float32, copy=True)
@@ -248,11 +227,10 @@ class AGCClipper(Clipper):
     mode = "agc"
     settable = ("clipping",)
 
-    def __init__(self, device: torch.device, clipping: float = 0.01, eps: float = 1e-3,
-                 **_: Any) -> None:
+    def __init__(self, device: torch.device, options: ClipOptions) -> None:
         super().__init__(device)
-        self.clipping = _check_positive("clipping", clipping)
-        self.eps = _check_positive("eps", eps)
+        self.clipping = float(options.clipping)  # type: ignore[arg-type]
+        self.eps = float(options.eps)  # type: ignore[arg-type]
 
     def apply(self, grads: list[Tensor], params: Sequence[Tensor], per_param: Tensor,
               total: Tensor, norm_type: float) -> tuple[Tensor, Tensor]:
@@ -278,7 +256,7 @@ class AGCClipper(Clipper):
     def set(self, key: str, value: float) -> float:
         if key != "clipping":
             raise KeyError(key)
-        old, self.clipping = self.clipping, _check_positive(key, value)
+        old, self.clipping = self.clipping, check_option(key, value)
         return old
 
     def get(self, key: str) -> float:
@@ -291,7 +269,7 @@ class AGCClipper(Clipper):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "clipping" in state:
-            self.clipping = _check_positive("clipping", state["clipping"])
+            self.clipping = check_option("clipping", state["clipping"])
 
 
 ADAPTIVE: dict[str, Any] = {

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from clipdash.track.norms import per_param_norms, total_from_per_param
+from clipdash.track.options import ClipOptions
 
 # clip_grad_norm_ adds this to the total before dividing; recording the same coefficient lets a
 # user compare our post-clip norms with theirs bit for bit.
@@ -153,15 +154,15 @@ class ValueClipper(Clipper):
 
 
 def make_clipper(mode: str, device: torch.device, **options: Any) -> Clipper:
-    """The clipper for a `[clip] mode`; adaptive modes register themselves in ADAPTIVE."""
+    """The clipper for a `[clip] mode`, from ClipOptions keywords (checked there; what is not
+    given takes ClipOptions' default). Adaptive modes register themselves in ADAPTIVE."""
+    opts = ClipOptions(mode=mode, **options).resolved()
     if mode == "norm":
-        return NormClipper(device, options.get("max_norm", 1.0))
+        return NormClipper(device, opts.max_norm)
     if mode == "value":
-        return ValueClipper(device, options.get("max_value", 0.5))
+        return ValueClipper(device, opts.max_value)
     if mode == "none":
         return Clipper(device)
     from clipdash.track.adaptive import ADAPTIVE  # noqa: PLC0415 - adaptive modes are optional
 
-    if mode in ADAPTIVE:
-        return ADAPTIVE[mode](device, **options)
-    raise ValueError(f"unknown clip mode {mode!r}")
+    return ADAPTIVE[mode](device, opts)

@@ -118,8 +118,7 @@ class ClipOptions:
 
     def resolved(self) -> Self:
         """The same options with this mode's parameters left out set to their defaults."""
-        specs = {f.name: f.metadata["spec"] for f in fields(self) if "spec" in f.metadata}
-        return replace(self, **{k: specs[k].default for k in MODE_PARAMS.get(self.mode, ())
+        return replace(self, **{k: _SPECS[k].default for k in MODE_PARAMS.get(self.mode, ())
                                 if getattr(self, k) is None})
 
     @property
@@ -155,6 +154,12 @@ class ClipOptions:
         return cls(mode=clip, **options)
 
 
+def check_option(key: str, value: Any) -> Any:
+    """One option's check (a threshold set on a running run, or restored from a checkpoint):
+    the normalised value, or ClipOptionsError naming `key`."""
+    return _checked(key, _SPECS[key], value)
+
+
 def _checked(key: str, spec: Spec, value: Any) -> Any:
     """`spec.check(value)` as a ClipOptionsError naming `key`. Python callers may pass numpy
     scalars (any numbers.Real); a config's TOML values are plain int / float already."""
@@ -177,3 +182,7 @@ def _norm_type(value: Any) -> float:
     if value <= 0:
         raise ClipOptionsError("norm_type", f"must be > 0 (or inf), got {fmt(value)}")
     return float(value)
+
+
+_SPECS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in fields(ClipOptions)
+                           if "spec" in f.metadata}
