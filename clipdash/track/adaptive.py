@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from clipdash.track.clippers import EPS, Clipper
-from clipdash.track.options import ClipOptions, check_option
+from clipdash.track.options import ClipOptions
 
 ALL_HISTORY_CAP = 1 << 16  # "all" history: at most this many recent norms
 _FIRST_CAPACITY = 256  # an unbounded history starts this small and doubles (host-side decision)
@@ -115,23 +115,11 @@ class PercentileClipper(Clipper):
             ordered = torch.cat([self.buf[start:], self.buf[:start]])
         return ordered[~torch.isnan(ordered)]
 
-    def set(self, key: str, value: float) -> float:
-        if key != "percentile":
-            raise KeyError(key)
-        old, self.percentile = self.percentile, check_option("percentile", value)
-        return old
-
-    def get(self, key: str) -> float:
-        if key != "percentile":
-            raise KeyError(key)
-        return self.percentile
-
     def state_dict(self) -> dict[str, Any]:
-        return {"percentile": self.percentile, "count": self.count, "buf": self.buf.cpu().clone()}
+        return {**super().state_dict(), "count": self.count, "buf": self.buf.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "percentile" in state:
-            self.percentile = check_option("percentile", state["percentile"])
+        super().load_state_dict(state)
         if "buf" in state:
             self.buf = state["buf"].to(self.device, torch.float32, copy=True)
             self.count = int(state["count"])
@@ -185,25 +173,12 @@ class ZScoreClipper(Clipper):
         self.threshold = threshold
         return total * coef, threshold
 
-    def set(self, key: str, value: float) -> float:
-        if key != "z_threshold":
-            raise KeyError(key)
-        old, self.z_threshold = self.z_threshold, check_option(key, value)
-        return old
-
-    def get(self, key: str) -> float:
-        if key != "z_threshold":
-            raise KeyError(key)
-        return self.z_threshold
-
     def state_dict(self) -> dict[str, Any]:
-        return {"z_threshold": self.z_threshold, "count": self.count,
-                "warm": self.warm.cpu().clone(), "mean": self.mean.cpu().clone(),
-                "var": self.var.cpu().clone()}
+        return {**super().state_dict(), "count": self.count, "warm": self.warm.cpu().clone(),
+                "mean": self.mean.cpu().clone(), "var": self.var.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "z_threshold" in state:
-            self.z_threshold = check_option("z_threshold", state["z_threshold"])
+        super().load_state_dict(state)
         if "count" in state:
             self.count = int(state["count"])
             self.warm = state["warm"].to(self.device, torch.float32, copy=True)
@@ -253,23 +228,6 @@ class AGCClipper(Clipper):
         self.threshold = threshold.to(self.device)
         return post.to(total.device), self.threshold
 
-    def set(self, key: str, value: float) -> float:
-        if key != "clipping":
-            raise KeyError(key)
-        old, self.clipping = self.clipping, check_option(key, value)
-        return old
-
-    def get(self, key: str) -> float:
-        if key != "clipping":
-            raise KeyError(key)
-        return self.clipping
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"clipping": self.clipping}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "clipping" in state:
-            self.clipping = check_option("clipping", state["clipping"])
 
 
 ADAPTIVE: dict[str, Any] = {

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from clipdash.track.norms import per_param_norms, total_from_per_param
-from clipdash.track.options import ClipOptions
+from clipdash.track.options import ClipOptions, check_option
 
 # clip_grad_norm_ adds this to the total before dividing; recording the same coefficient lets a
 # user compare our post-clip norms with theirs bit for bit.
@@ -50,18 +50,28 @@ class Clipper:
         coef.copy_(torch.where(total > 0, post_norm / total, torch.ones_like(total)))
         threshold.copy_(thresh)
 
+    # A settable key lives in the attribute of its name (a float on the host); subclasses that
+    # keep a device copy refresh it in `set`.
+
     def set(self, key: str, value: float) -> float:
-        """Change a threshold from the next step; returns the old value."""
-        raise KeyError(key)
+        """Change a threshold from the next step (checked as ClipOptions checks it); returns
+        the old value."""
+        old = self.get(key)
+        setattr(self, key, float(check_option(key, value)))
+        return old
 
     def get(self, key: str) -> float:
-        raise KeyError(key)
+        if key not in self.settable:
+            raise KeyError(key)
+        return float(getattr(self, key))
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {key: self.get(key) for key in self.settable}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        for key in self.settable:
+            if key in state:
+                self.set(key, state[key])
 
 
 class NormClipper(Clipper):
@@ -72,9 +82,9 @@ class NormClipper(Clipper):
 
     def __init__(self, device: torch.device, max_norm: float) -> None:
         super().__init__(device)
+        # The device tensor is what the hot path reads; the host copy is for reporting.
         self.threshold = torch.full((), float(max_norm), dtype=torch.float32, device=device)
-        # A host copy for reporting; the device tensor is what the hot path reads.
-        self._host = float(max_norm)
+        self.max_norm = float(max_norm)
 
     def apply(self, grads: list[Tensor], params: Sequence[Tensor], per_param: Tensor,
               total: Tensor, norm_type: float) -> tuple[Tensor, Tensor]:
@@ -97,23 +107,9 @@ class NormClipper(Clipper):
         threshold.copy_(self.threshold)
 
     def set(self, key: str, value: float) -> float:
-        if key != "max_norm":
-            raise KeyError(key)
-        old, self._host = self._host, float(value)
-        self.threshold.fill_(value)
+        old = super().set(key, value)
+        self.threshold.fill_(self.max_norm)
         return old
-
-    def get(self, key: str) -> float:
-        if key != "max_norm":
-            raise KeyError(key)
-        return self._host
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"max_norm": self._host}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "max_norm" in state:
-            self.set("max_norm", state["max_norm"])
 
 
 class ValueClipper(Clipper):
@@ -134,23 +130,6 @@ class ValueClipper(Clipper):
         torch._foreach_clamp_max_(grads, self.max_value)
         return total_from_per_param(per_param_norms(grads, norm_type), norm_type), self.threshold
 
-    def set(self, key: str, value: float) -> float:
-        if key != "max_value":
-            raise KeyError(key)
-        old, self.max_value = self.max_value, float(value)
-        return old
-
-    def get(self, key: str) -> float:
-        if key != "max_value":
-            raise KeyError(key)
-        return self.max_value
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"max_value": self.max_value}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "max_value" in state:
-            self.max_value = float(state["max_value"])
 
 
 def make_clipper(mode: str, device: torch.device, **options: Any) -> Clipper:
