@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from clipdash.store.schema import STEP_COLUMNS
+from clipdash.tui.buckets import Num
 from clipdash.tui.messages import RunRow
 from clipdash.tui.render import fmt_num, fmt_step, sparkline
 
@@ -46,7 +47,7 @@ def _clip(row: RunRow) -> Text:
     return _right(text, "bold red" if (row.clip_rate or 0) >= 0.5 else "")
 
 
-def _spark(values: tuple[float | None, ...], how: str, style: str) -> Text:
+def _spark(values: tuple[Num, ...], how: str, style: str) -> Text:
     # A run whose every value is non-finite still shows something: a row of ✖.
     line = sparkline(values, SPARK_W, how)
     if not line.strip() and values:
