@@ -13,8 +13,17 @@ import pytest
 from tui_fixtures import make_run, step_columns
 
 from clipdash.store.reader import RunReader
+from clipdash.store.schema import STEP_COLUMNS
 from clipdash.tui.buckets import Band, Buckets, width_for
-from clipdash.tui.columns import RUN_COLUMNS
+from clipdash.tui.columns import (
+    COMPARE_SECOND,
+    COMPARE_TOP,
+    DETAIL_COLUMNS,
+    DETAIL_PLOTS,
+    RUN_COLUMNS,
+    SPARK_COLUMNS,
+    step_selection,
+)
 from clipdash.tui.feed import RUNS
 from clipdash.tui.messages import ParamInfo, ParamPanel, RunRow, RunsUpdated
 from clipdash.tui.poller import Poller
@@ -457,3 +466,14 @@ def test_finished_runs_sparklines_come_from_the_cache_the_second_time(
     assert "done" in scans and rows is not None and rows["done"].step == 304
     for w in third.watches.values():
         w.close()
+
+
+def test_the_views_pick_step_columns_the_store_declares() -> None:
+    """A typo or a field the store dropped fails when the selection is made, naming it."""
+    with pytest.raises(ValueError, match="grad_norm_prf"):
+        step_selection("loss", "grad_norm_prf")
+    assert step_selection("loss", "lr") == ("loss", "lr")
+    picked = {*SPARK_COLUMNS, *DETAIL_COLUMNS, COMPARE_TOP, *COMPARE_SECOND}
+    assert picked <= set(STEP_COLUMNS)
+    drawn = {s.column for _, series in DETAIL_PLOTS.values() for s in series}
+    assert set(DETAIL_COLUMNS) == drawn | {"finite"}  # the run view reads what it draws
