@@ -477,3 +477,18 @@ def test_the_views_pick_step_columns_the_store_declares() -> None:
     assert picked <= set(STEP_COLUMNS)
     drawn = {s.column for _, series in DETAIL_PLOTS.values() for s in series}
     assert set(DETAIL_COLUMNS) == drawn | {"finite"}  # the run view reads what it draws
+
+
+def test_the_help_is_the_keymap_and_a_legend_of_every_mark() -> None:
+    from clipdash.keymap import DASHBOARD_KEYS
+    from clipdash.tui.dialogs import help_text
+    from clipdash.tui.widgets import EVENT_MARKS, OTHER_EVENT
+
+    lines = help_text().plain.splitlines()
+    for key, what in DASHBOARD_KEYS:
+        assert any(ln.split() and ln.startswith(f"  {key} ") and ln.endswith(what)
+                   for ln in lines), key
+    for mark in (*EVENT_MARKS.values(), OTHER_EVENT):
+        assert f"  {mark.char}  {mark.meaning}" in lines
+    assert EVENT_MARKS["alert"].char == "!" and EVENT_MARKS["rewind"].char == "↺"
+    assert sum(ln.startswith("  !2 ") for ln in lines) == 2  # unseen and seen

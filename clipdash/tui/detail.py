@@ -25,10 +25,10 @@ from clipdash.tui.messages import (
 )
 from clipdash.tui.render import Line, printable
 from clipdash.tui.widgets import (
-    EVENT_STYLES,
     STEER_BINDINGS,
     Plot,
     TextLine,
+    event_mark,
     event_marker,
     param_table,
     run_headline,
@@ -159,10 +159,10 @@ class DetailScreen(Screen[None]):
             if ev["id"] <= self.last_event:
                 continue
             self.last_event = ev["id"]
-            char, style = EVENT_STYLES.get(ev["kind"], ("•", "dim"))
+            mark = event_mark(ev["kind"])
             step = "-" if ev["step"] is None else str(ev["step"])
-            log.write(Text.assemble((f"{char} ", style), (f"{step:>8}  ", "dim"),
-                                    (f"{ev['kind']:<11}", style), printable(ev["message"])))
+            log.write(Text.assemble((f"{mark.char} ", mark.style), (f"{step:>8}  ", "dim"),
+                                    (f"{ev['kind']:<11}", mark.style), printable(ev["message"])))
         if snap.params is not None and snap.params is not self.params:
             self.params = snap.params
             self._draw_params()
