@@ -13,8 +13,17 @@ import pytest
 from tui_fixtures import make_run, step_columns
 
 from clipdash.store.reader import RunReader
+from clipdash.store.schema import STEP_COLUMNS
 from clipdash.tui.buckets import Band, Buckets, width_for
-from clipdash.tui.columns import RUN_COLUMNS
+from clipdash.tui.columns import (
+    COMPARE_SECOND,
+    COMPARE_TOP,
+    DETAIL_COLUMNS,
+    DETAIL_PLOTS,
+    RUN_COLUMNS,
+    SPARK_COLUMNS,
+    step_selection,
+)
 from clipdash.tui.feed import RUNS
 from clipdash.tui.messages import ParamInfo, ParamPanel, RunRow, RunsUpdated
 from clipdash.tui.poller import Poller
@@ -457,3 +466,29 @@ def test_finished_runs_sparklines_come_from_the_cache_the_second_time(
     assert "done" in scans and rows is not None and rows["done"].step == 304
     for w in third.watches.values():
         w.close()
+
+
+def test_the_views_pick_step_columns_the_store_declares() -> None:
+    """A typo or a field the store dropped fails when the selection is made, naming it."""
+    with pytest.raises(ValueError, match="grad_norm_prf"):
+        step_selection("loss", "grad_norm_prf")
+    assert step_selection("loss", "lr") == ("loss", "lr")
+    picked = {*SPARK_COLUMNS, *DETAIL_COLUMNS, COMPARE_TOP, *COMPARE_SECOND}
+    assert picked <= set(STEP_COLUMNS)
+    drawn = {s.column for _, series in DETAIL_PLOTS.values() for s in series}
+    assert set(DETAIL_COLUMNS) == drawn | {"finite"}  # the run view reads what it draws
+
+
+def test_the_help_is_the_keymap_and_a_legend_of_every_mark() -> None:
+    from clipdash.keymap import DASHBOARD_KEYS
+    from clipdash.tui.dialogs import help_text
+    from clipdash.tui.widgets import EVENT_MARKS, OTHER_EVENT
+
+    lines = help_text().plain.splitlines()
+    for key, what in DASHBOARD_KEYS:
+        assert any(ln.split() and ln.startswith(f"  {key} ") and ln.endswith(what)
+                   for ln in lines), key
+    for mark in (*EVENT_MARKS.values(), OTHER_EVENT):
+        assert f"  {mark.char}  {mark.meaning}" in lines
+    assert EVENT_MARKS["alert"].char == "!" and EVENT_MARKS["rewind"].char == "↺"
+    assert sum(ln.startswith("  !2 ") for ln in lines) == 2  # unseen and seen

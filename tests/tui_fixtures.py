@@ -1,15 +1,20 @@
-"""Runs written straight into the store (no torch), and a fake trainer that obeys commands."""
+"""Runs written straight into the store (no torch), a fake trainer that obeys commands, and a
+fake reader with canned rows."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from textual.message_pump import MessagePump
 
 from clipdash.store.writer import RunWriter
+from clipdash.tui.feed import RUNS, Hub
+from clipdash.tui.messages import RunRow, RunsUpdated
 
 N_PARAMS = 4
 
@@ -126,3 +131,53 @@ def screen_text(app: Any) -> str:
     console.print(app.screen._compositor.render_update(
         full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+class FakeReader:
+    """The data source interface with canned rows and a frozen clock: no store, no thread."""
+
+    def __init__(self, rows: Sequence[RunRow]) -> None:
+        self.hub = Hub()
+        self.rows = {r.path: r for r in rows}
+        self.started = self.stopped = self.joined = False
+        self.visible: list[Sequence[str] | None] = []
+
+    def start(self) -> None:
+        self.started = True
+        self.hub.publish(RUNS, lambda: RunsUpdated(dict(self.rows)))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def join(self, timeout: float | None = None) -> None:
+        self.joined = True
+
+    def is_alive(self) -> bool:
+        return self.started and not self.stopped
+
+    def wake(self) -> None:
+        pass
+
+    def watch_runs(self, target: MessagePump) -> None:
+        self.hub.subscribe(target, RUNS)
+
+    def watch_detail(self, target: MessagePump, path: str, cap: int) -> None:
+        pass
+
+    def watch_compare(self, target: MessagePump, paths: Sequence[str], columns: Sequence[str],
+                      cap: int) -> None:
+        pass
+
+    def show_compare(self, paths: Sequence[str] | None, columns: Sequence[str] = (),
+                     cap: int = 0) -> None:
+        pass
+
+    def unwatch(self, target: MessagePump) -> None:
+        self.hub.unsubscribe(target)
+
+    def set_visible(self, paths: Sequence[str] | None) -> None:
+        self.visible.append(paths)
+
+    def push(self, row: RunRow) -> None:
+        self.rows[row.path] = row
+        self.hub.publish(RUNS, lambda: RunsUpdated(dict(self.rows)))

@@ -34,6 +34,7 @@ from clipdash.tui.messages import (
 from clipdash.tui.poller import POLL_S, Poller
 from clipdash.tui.render import printable
 from clipdash.tui.runlist import RunsScreen
+from clipdash.tui.seen import SeenAlerts, default_path
 from clipdash.tui.sparkcache import SparkCache
 
 ACK_TIMEOUT_S = 15.0
@@ -70,14 +71,20 @@ class WatchApp(App[int]):
     ]
 
     def __init__(self, runs_dir: str | Path, poll_s: float = POLL_S,
-                 ack_timeout: float = ACK_TIMEOUT_S, *, reader: DataSource | None = None) -> None:
-        """`reader`: the data source (default: a `Poller` on `runs_dir`); tests pass a fake."""
+                 ack_timeout: float = ACK_TIMEOUT_S, *, reader: DataSource | None = None,
+                 seen: SeenAlerts | None = None) -> None:
+        """`reader`: the data source (default: a `Poller` on `runs_dir`); tests pass a fake.
+        `seen`: the alerts the user has seen (default: in memory only; `main` passes the
+        user's file, so no test writes to the real cache unless it asks to)."""
         super().__init__()
         self.runs_dir = Path(runs_dir)
         self.ack_timeout = ack_timeout
         self.reader: DataSource = reader if reader is not None else Poller(self.runs_dir, poll_s)
-        self.add_mode("runs", lambda: RunsScreen(self.reader, self.runs_dir))
+        self.seen = seen if seen is not None else SeenAlerts()
+        self.add_mode("runs", lambda: RunsScreen(self.reader, self.runs_dir, self.seen))
         self._views = 0
+        self._viewing: str | None = None  # the run whose view is open
+        self._seen_warned = False
 
     @property
     def poller(self) -> DataSource:
@@ -111,9 +118,12 @@ class WatchApp(App[int]):
     def on_open_run(self, msg: OpenRun) -> None:
         from clipdash.tui.detail import DetailScreen
 
+        self.see_alerts(msg.path)
+        self._viewing = msg.path
         self._open_view(lambda: DetailScreen(self.reader, msg.path))
 
     def on_open_compare(self, msg: OpenCompare) -> None:
+        self._viewing = None
         self._open_view(lambda: compare_view(self.reader, msg.paths))
 
     def _open_view(self, make: Callable[[], Screen[None]]) -> None:
@@ -125,6 +135,9 @@ class WatchApp(App[int]):
     def on_back(self, msg: Back) -> None:
         """Esc in a run or compare view: back to the run list, and the view is dropped."""
         mode = self.current_mode
+        if self._viewing is not None:  # alerts that came while the user watched: seen too
+            self.see_alerts(self._viewing)
+            self._viewing = None
         if mode != "runs":
             self.switch_mode("runs")
             self.remove_mode(mode)
@@ -138,6 +151,22 @@ class WatchApp(App[int]):
             self.ask_stop(msg.path)
         elif msg.action == "rewind":
             self.ask_rewind(msg.path)
+
+    def see_alerts(self, path: str) -> None:
+        """The user is looking at the run: its alerts so far are seen (and saved)."""
+        row = self.rows.get(path)
+        if row is not None and self.seen.mark(row):
+            self._save_seen(list(self.rows.values()))
+
+    @work(thread=True, group="seen", exit_on_error=False)
+    def _save_seen(self, rows: list[RunRow]) -> None:
+        try:
+            self.seen.save(rows)
+        except OSError as exc:  # kept in memory for this session; said once
+            if not self._seen_warned:
+                self._seen_warned = True
+                self.call_from_thread(self.notify, f"seen alerts not saved: {exc}",
+                                      severity="warning", timeout=6)
 
     def action_help(self) -> None:
         from clipdash.tui.dialogs import HelpScreen
@@ -231,6 +260,7 @@ def main(runs_dir: str | Path) -> int:
     if path.exists() and not path.is_dir():
         print(f"clipdash watch: {path} is not a directory of runs", file=sys.stderr)
         return 2
-    app = WatchApp(path, reader=Poller(path, cache=SparkCache()))
+    app = WatchApp(path, reader=Poller(path, cache=SparkCache()),
+                   seen=SeenAlerts(default_path()))
     app.run()
     return app.return_code or 0

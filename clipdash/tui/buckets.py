@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# A step value: None where the store holds NULL (NaN) or nothing. The one definition the
+# dashboard's modules share (this module imports none of them).
 Num = float | None
 
 

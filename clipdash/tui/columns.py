@@ -1,7 +1,8 @@
 """Every column the dashboard reads or shows, declared here once.
 
 The step columns come from the store's declaration (`clipdash.store.schema.STEP_COLUMNS`); this
-module picks which of them each view reads, and lays out the run list's columns.
+module picks which of them each view reads and draws (checked against that declaration when it
+loads), and lays out the run list's columns.
 """
 
 from __future__ import annotations
@@ -12,16 +13,54 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from clipdash.store.schema import STEP_COLUMNS
+from clipdash.tui.buckets import Num
 from clipdash.tui.messages import RunRow
 from clipdash.tui.render import fmt_num, fmt_step, sparkline
 
-# Step columns read by the views (each must be a declared step column).
-SPARK_COLUMNS = ("loss", "grad_norm_pre")  # the run list's whole-run sparklines
-# What they draw: the mean loss and the largest grad norm of each bucket (so only these are read).
+
+def step_selection(*names: str) -> tuple[str, ...]:
+    """Step columns a view picks by name, checked against the store's declaration when this
+    module loads: a typo, or a field the store no longer records, fails at import (and in
+    every test) instead of drawing an empty plot."""
+    unknown = [n for n in names if n not in STEP_COLUMNS]
+    if unknown:
+        raise ValueError(f"not step columns of the store: {', '.join(unknown)} "
+                         f"(declared: {', '.join(STEP_COLUMNS)})")
+    return names
+
+
+@dataclass(frozen=True)
+class Series:
+    """One step column drawn in a plot of the run view."""
+
+    column: str
+    style: str
+    label: str
+
+
+# The run view's plots: id -> (title, what it draws). What the view reads follows from it.
+DETAIL_PLOTS: dict[str, tuple[str, tuple[Series, ...]]] = {
+    "loss": ("loss", (Series("loss", "cyan", "train"),)),
+    "grad": ("grad norm", (Series("grad_norm_pre", "yellow", "pre"),
+                           Series("grad_norm_post", "cyan", "post"),
+                           Series("max_norm", "red", "max_norm"))),
+    "lr": ("learning rate", (Series("lr", "green", "group 0"),)),
+    "coef": ("clip coef", (Series("clip_coef", "bright_blue", "post/pre"),)),
+}
+# `finite` marks the buckets with a non-finite step above the loss and grad plots.
+DETAIL_COLUMNS = step_selection(*dict.fromkeys(
+    [s.column for _, series in DETAIL_PLOTS.values() for s in series] + ["finite"]))
+# The run list's whole-run sparklines and what they draw: the mean loss and the largest grad
+# norm of each bucket (so only these aggregates are read).
 SPARK_AGGREGATES = {"loss": ("sum", "count"), "grad_norm_pre": ("max",)}
-DETAIL_COLUMNS = ("loss", "grad_norm_pre", "grad_norm_post", "max_norm", "lr", "clip_coef",
-                  "finite")
-assert set(SPARK_COLUMNS + DETAIL_COLUMNS) <= set(STEP_COLUMNS)
+SPARK_COLUMNS = step_selection(*SPARK_AGGREGATES)
+# The compare view, column -> plot title: the first is the top plot, the lower plot cycles
+# through the others (n).
+COMPARE_TITLES = {"loss": "loss", "grad_norm_pre": "pre-clip grad norm",
+                  "max_norm": "max_norm", "lr": "learning rate", "clip_coef": "clip coef",
+                  "grad_norm_post": "post-clip grad norm"}
+COMPARE_TOP, *_lower = step_selection(*COMPARE_TITLES)
+COMPARE_SECOND = tuple(_lower)
 
 SPARK_W = 8
 STATUS_STYLES = {
@@ -46,7 +85,7 @@ def _clip(row: RunRow) -> Text:
     return _right(text, "bold red" if (row.clip_rate or 0) >= 0.5 else "")
 
 
-def _spark(values: tuple[float | None, ...], how: str, style: str) -> Text:
+def _spark(values: tuple[Num, ...], how: str, style: str) -> Text:
     # A run whose every value is non-finite still shows something: a row of ✖.
     line = sparkline(values, SPARK_W, how)
     if not line.strip() and values:

@@ -11,6 +11,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from clipdash.tui.buckets import Band
+from clipdash.tui.columns import COMPARE_SECOND, COMPARE_TITLES, COMPARE_TOP
 from clipdash.tui.render import Line
 from clipdash.tui.widgets import Plot
 
@@ -19,10 +20,6 @@ if TYPE_CHECKING:
 
 PALETTE = ("cyan", "magenta", "yellow", "green", "bright_blue", "red", "bright_cyan",
            "bright_magenta")
-SECOND = ("grad_norm_pre", "max_norm", "lr", "clip_coef", "grad_norm_post")
-TITLES = {"loss": "loss", "grad_norm_pre": "pre-clip grad norm", "grad_norm_post":
-          "post-clip grad norm", "max_norm": "max_norm", "lr": "learning rate",
-          "clip_coef": "clip coef"}
 
 
 class CompareScreen(Screen[None]):
@@ -49,8 +46,8 @@ class CompareScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(self._legend(), id="legend")
-        yield Plot("loss", id="top")
-        yield Plot(TITLES[SECOND[0]], id="bottom")
+        yield Plot(COMPARE_TITLES[COMPARE_TOP], id="top")
+        yield Plot(COMPARE_TITLES[COMPARE_SECOND[0]], id="bottom")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -72,29 +69,31 @@ class CompareScreen(Screen[None]):
         if self.wapp.poller is None:
             return
         cap = max(64, 2 * max(p.dots for p in self.query(Plot)))
-        self.wapp.poller.show_compare(self.paths, ("loss", SECOND[self.second]), cap)
+        self.wapp.poller.show_compare(self.paths, (COMPARE_TOP, COMPARE_SECOND[self.second]),
+                                      cap)
 
     def compare_updated(self, bands: dict[str, dict[str, Band]]) -> None:
         self.bands = bands
         self._draw()
 
     def _draw(self) -> None:
-        second = SECOND[self.second]
-        for plot_id, column in (("top", "loss"), ("bottom", second)):
+        second = COMPARE_SECOND[self.second]
+        for plot_id, column in (("top", COMPARE_TOP), ("bottom", second)):
             lines = [Line(self.bands[p][column], PALETTE[i % len(PALETTE)])
                      for i, p in enumerate(self.paths)
                      if p in self.bands and column in self.bands[p]]
             plot = self.query_one(f"#{plot_id}", Plot)
-            plot.title = TITLES[column]
+            plot.title = COMPARE_TITLES[column]
             plot.set_data(lines)
-            plot.border_title = TITLES[column]
+            plot.border_title = COMPARE_TITLES[column]
 
     def action_back(self) -> None:
         self.app.pop_screen()
 
     def action_next_metric(self) -> None:
-        self.second = (self.second + 1) % len(SECOND)
-        self.query_one("#bottom", Plot).border_title = TITLES[SECOND[self.second]]
+        self.second = (self.second + 1) % len(COMPARE_SECOND)
+        title = COMPARE_TITLES[COMPARE_SECOND[self.second]]
+        self.query_one("#bottom", Plot).border_title = title
         self._request()
 
     def action_log(self) -> None:

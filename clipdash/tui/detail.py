@@ -11,6 +11,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 
 from clipdash.tui.buckets import Band
+from clipdash.tui.columns import DETAIL_PLOTS
 from clipdash.tui.feed import STATUS, DataSource
 from clipdash.tui.messages import (
     Back,
@@ -24,10 +25,10 @@ from clipdash.tui.messages import (
 )
 from clipdash.tui.render import Line, printable
 from clipdash.tui.widgets import (
-    EVENT_STYLES,
     STEER_BINDINGS,
     Plot,
     TextLine,
+    event_mark,
     event_marker,
     param_table,
     run_headline,
@@ -39,18 +40,15 @@ LOG_MODES: tuple[bool | None, ...] = (None, True, False)
 
 
 def plot_lines(snap: DetailSnapshot) -> dict[str, list[Line]]:
-    """What each plot of the run view draws, from a snapshot."""
+    """What each plot of the run view draws, from a snapshot (and the validation loss, where
+    the run has one, over the training loss)."""
     b, ev = snap.bands, snap.evals
     empty = Band.empty()
-    return {
-        "loss": [Line(b.get("loss", empty), "cyan", "train"),
-                 *([Line(ev["loss"], "bold magenta", "val", points=True)] if "loss" in ev else [])],
-        "grad": [Line(b.get("grad_norm_pre", empty), "yellow", "pre"),
-                 Line(b.get("grad_norm_post", empty), "cyan", "post"),
-                 Line(b.get("max_norm", empty), "red", "max_norm")],
-        "lr": [Line(b.get("lr", empty), "green", "group 0")],
-        "coef": [Line(b.get("clip_coef", empty), "bright_blue", "post/pre")],
-    }
+    out = {key: [Line(b.get(s.column, empty), s.style, s.label) for s in series]
+           for key, (_, series) in DETAIL_PLOTS.items()}
+    if "loss" in ev:
+        out["loss"].append(Line(ev["loss"], "bold magenta", "val", points=True))
+    return out
 
 
 class DetailScreen(Screen[None]):
@@ -88,10 +86,8 @@ class DetailScreen(Screen[None]):
         yield TextLine(run_headline(None, self.path), id="head")
         with TabbedContent(initial="plots"):
             with TabPane("plots", id="plots"), Grid(id="grid"):
-                yield Plot("loss", id="loss")
-                yield Plot("grad norm", id="grad")
-                yield Plot("learning rate", id="lr")
-                yield Plot("clip coef", id="coef")
+                for key, (title, _) in DETAIL_PLOTS.items():
+                    yield Plot(title, id=key)
             with TabPane("params", id="params"), VerticalScroll():
                 yield Static("reading…", id="param-text")
             with TabPane("events", id="events"):
@@ -163,10 +159,10 @@ class DetailScreen(Screen[None]):
             if ev["id"] <= self.last_event:
                 continue
             self.last_event = ev["id"]
-            char, style = EVENT_STYLES.get(ev["kind"], ("•", "dim"))
+            mark = event_mark(ev["kind"])
             step = "-" if ev["step"] is None else str(ev["step"])
-            log.write(Text.assemble((f"{char} ", style), (f"{step:>8}  ", "dim"),
-                                    (f"{ev['kind']:<11}", style), printable(ev["message"])))
+            log.write(Text.assemble((f"{mark.char} ", mark.style), (f"{step:>8}  ", "dim"),
+                                    (f"{ev['kind']:<11}", mark.style), printable(ev["message"])))
         if snap.params is not None and snap.params is not self.params:
             self.params = snap.params
             self._draw_params()

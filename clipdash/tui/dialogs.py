@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
 from clipdash.control import ControlError, parse_setting
+from clipdash.keymap import DASHBOARD_KEYS
+from clipdash.tui.runtable import ALERT_STYLES
+from clipdash.tui.widgets import EVENT_MARKS, OTHER_EVENT
 
 DIALOG_CSS = """
 {name} {{
@@ -91,41 +96,64 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-HELP = """\
-[b]Run list[/b]  ↑↓ or mouse: select   Enter: open the run (on a sweep: fold it)
-          ← →: scroll the columns (the run names stay)   live runs come first
-          space: mark and move down   c: compare marked runs
-          /: filter   Esc: clear it
-[b]Steering[/b]  the selected run, from the list or the run view:
-          p: pause / resume   m: set max_norm   l: set LR   s: stop (asks)
-          r: rewind to the checkpoint before the latest alert (asks)
-          The trainer applies a command at its next step and acknowledges
-          it; the answer shows in the status line.
-[b]Run view[/b]  1 2 3 4: plots / params / events / config
-          y: y scale auto → log → linear   Esc: back to the list
-[b]Compare[/b]   n: next metric in the lower plot   y: y scale   Esc: back
+# What the keys alone do not say. The keys come from `clipdash.keymap` (as `watch --help`
+# lists them) and the marks from the tables that draw them, so none is written twice.
+NOTES = (
+    "Live runs come first. The trainer applies a command at its next step and acknowledges "
+    "it; the answer shows in the status line.",
+)
+COLUMNS_HELP = (
+    ("grad norm", "total pre-clip norm of the last step"),
+    ("clip%", "share of the last 100 steps that were clipped"),
+    ("~", "whole-run sparklines (grad norm: each bucket's max, so spikes show)"),
+    ("✖", "in a sparkline: not one finite value"),
+    ("it/s", "steps per second"),
+)
 
-[b]Columns[/b]   grad norm: total pre-clip norm of the last step
-          clip%: share of the last 100 steps that were clipped
-          ~: sparklines of the whole run (grad norm: max of each bucket,
-          so a spike always shows; ✖: no finite value)   it/s: steps/s
-[b]Markers[/b]   [bold cyan]▲[/] control   [bold red]✖[/] non-finite step (top row of a plot)  \
-[green]◆[/] checkpoint
 
-?, Esc: close this help   q: quit\
-"""
+def _table(out: Text, title: str, rows: Sequence[tuple[Text | str, str]]) -> None:
+    out.append(f"{title}\n", style="bold")
+    width = max(Text(k).cell_len if isinstance(k, str) else k.cell_len for k, _ in rows)
+    for key, what in rows:
+        cell = Text(key, style="bold cyan") if isinstance(key, str) else key
+        out.append("  ")
+        out.append_text(cell)
+        out.append(" " * (width - cell.cell_len + 2))
+        out.append(f"{what}\n")
+
+
+def help_text() -> Text:
+    """The help screen: the keymap, what the columns mean, and a legend of every mark."""
+    out = Text()
+    _table(out, "Keys", DASHBOARD_KEYS)
+    for note in NOTES:
+        out.append(f"{note}\n", style="dim")
+    out.append("\n")
+    _table(out, "Columns", COLUMNS_HELP)
+    out.append("\n")
+    _table(out, "Marks in the run list", [
+        (Text("!2", style=ALERT_STYLES["unseen"]), "2 alerts, some not seen yet"),
+        (Text("!2", style=ALERT_STYLES["seen"]), "all seen: its run view was opened since"),
+    ])
+    out.append("\n")
+    _table(out, "Marks under the plots and in the events tab", [
+        (Text(m.char, style=m.style), m.meaning) for m in (*EVENT_MARKS.values(), OTHER_EVENT)])
+    out.rstrip()
+    return out
 
 
 class HelpScreen(ModalScreen[None]):
-    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen").replace("width: 64;", "width: 78;")
+    # The dialogs' frame around a scrolling body: taller than a 24-line terminal, it scrolls.
+    DEFAULT_CSS = (DIALOG_CSS.format(name="HelpScreen").replace("width: 64;", "width: 84;")
+                   .replace("> Vertical {", "> VerticalScroll {\n    max-height: 100%;"))
     BINDINGS = [
         Binding("escape", "close", "close"),
         Binding("question_mark", "close", "close", show=False),
     ]
 
     def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(HELP)
+        with VerticalScroll():
+            yield Static(help_text())
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -15,9 +15,7 @@ from typing import Any
 from rich.text import Text
 from textual.message import Message
 
-from clipdash.tui.buckets import Band
-
-Num = float | None
+from clipdash.tui.buckets import Band, Num
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from clipdash.tui.buckets import Band
+from clipdash.tui.buckets import Band, Num
 
-Num = float | None
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 BRAILLE_BASE = 0x2800
 # Bit of each dot in a braille cell, indexed [row][col] (rows 0..3 top to bottom, cols 0..1).

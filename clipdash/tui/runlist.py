@@ -17,6 +17,7 @@ from textual.widgets import Footer, Input
 from clipdash.tui.feed import STATUS, DataSource
 from clipdash.tui.messages import ControlStatus, OpenCompare, OpenRun, RunsUpdated, Steer
 from clipdash.tui.runtable import RunTable
+from clipdash.tui.seen import SeenAlerts
 from clipdash.tui.widgets import STEER_BINDINGS, TextLine
 
 
@@ -35,10 +36,11 @@ class RunsScreen(Screen[None]):
         Binding("escape", "clear_filter", "clear filter", show=False),
     ]
 
-    def __init__(self, reader: DataSource, runs_dir: Path) -> None:
+    def __init__(self, reader: DataSource, runs_dir: Path, seen: SeenAlerts | None = None) -> None:
         super().__init__()
         self.reader = reader
         self.runs_dir = runs_dir
+        self.seen = seen
         self._visible: list[str] | None = None
         self._control: Text | None = None
         self._pending: RunsUpdated | None = None
@@ -46,7 +48,7 @@ class RunsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield TextLine("", id="title")
-        yield RunTable()
+        yield RunTable(self.seen)
         yield Input(placeholder="filter runs by name or status (Enter: keep, Esc: clear)",
                     id="filter")
         yield TextLine("", classes="status")
@@ -64,6 +66,7 @@ class RunsScreen(Screen[None]):
         self.update_title()
 
     def on_screen_resume(self) -> None:
+        self.table.refresh()  # the run view just closed may have marked alerts seen
         if self._pending is not None:
             self.on_runs_updated(self._pending)
 

@@ -24,6 +24,7 @@ from textual.strip import Strip
 from clipdash.tui.columns import LIVE, NAME_MIN, RUN_COLUMNS
 from clipdash.tui.messages import RunRow
 from clipdash.tui.render import printable
+from clipdash.tui.seen import SeenAlerts
 
 GAP = 1
 MARK_W = 2  # "● " before a marked run
@@ -55,13 +56,19 @@ def member_labels(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def name_cell(item: Item, marked: bool) -> Text:
-    """A run's name in the list; a run with spike alerts stands out (`!N`, the count, in red)."""
+# The `!N` after a run's name, N its alerts: bold red while some are new to the user (issue
+# #12: such a run stands out), dim once its run view has been opened since the last one.
+ALERT_STYLES = {"unseen": "bold red", "seen": "dim"}
+
+
+def name_cell(item: Item, marked: bool, seen: int = 0) -> Text:
+    """A run's name in the list; `seen`: how many of its alerts the user has seen."""
     name = Text(("● " if marked else "  ") + "  " * item.depth, style="bold cyan")
     name.append(item.label, style="bold" if marked else "")
     row = item.row
     if row is not None and row.alerts:
-        name.append(f" !{row.alerts}", style="bold red")
+        name.append(f" !{row.alerts}",
+                    style=ALERT_STYLES["unseen" if row.alerts > seen else "seen"])
     if row is not None and row.read_only:
         name.append(" (read-only)", style="dim")
     return name
@@ -157,8 +164,9 @@ class RunTable(ScrollView, can_focus=True):
             super().__init__()
             self.path = path
 
-    def __init__(self) -> None:
+    def __init__(self, seen: SeenAlerts | None = None) -> None:
         super().__init__(id="runs")
+        self.seen = seen if seen is not None else SeenAlerts()
         self.rows: dict[str, RunRow] = {}
         self.items: list[Item] = []
         self.index: dict[str, int] = {}
@@ -302,7 +310,8 @@ class RunTable(ScrollView, can_focus=True):
         style = self._style("base")
         if cursor:
             style = style + self._style("runtable--cursor")
-        key = (item, marked, cursor, self.name_w, style)
+        seen = self.seen.seen(item.row) if item.row is not None and item.row.alerts else 0
+        key = (item, marked, seen, cursor, self.name_w, style)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -316,7 +325,7 @@ class RunTable(ScrollView, can_focus=True):
             out = (self._strip(text, fixed_w, style), Strip.blank(self._scroll_w, style))
         else:
             row = item.row
-            out = (self._strip(name_cell(item, marked), fixed_w, style),
+            out = (self._strip(name_cell(item, marked, seen), fixed_w, style),
                    self._cells((c.cell(row) for c in RUN_COLUMNS), style))
         if len(self._cache) > 4096:
             self._cache.clear()

@@ -10,7 +10,7 @@ from typing import Any
 
 from clipdash.store.layout import DB_NAME
 from clipdash.store.reader import LIVE_STATES, RunReader, effective_status
-from clipdash.tui.buckets import Band
+from clipdash.tui.buckets import Band, Num
 from clipdash.tui.columns import SPARK_AGGREGATES, SPARK_COLUMNS
 from clipdash.tui.messages import RunRow
 from clipdash.tui.sparkcache import SparkCache
@@ -45,7 +45,7 @@ class RunWatch:
         self.status: dict[str, Any] = {}
         self.values: dict[str, Any] = {}
         self.spark = Tail(SPARK_COLUMNS, SPARK_BUCKETS, SPARK_AGGREGATES)
-        self.spark_vals: tuple[tuple[float | None, ...], tuple[float | None, ...]] = ((), ())
+        self.spark_vals: tuple[tuple[Num, ...], tuple[Num, ...]] = ((), ())
         self.row: RunRow | None = None
         self.failures = 0
         self.error: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual.binding import Binding
@@ -22,13 +23,25 @@ from clipdash.tui.render import (
     sparkline,
 )
 
-EVENT_STYLES = {
-    "control": ("▲", "bold cyan"),
-    "nonfinite": ("✖", "bold red"),
-    "checkpoint": ("◆", "green"),
-    "alert": ("!", "bold red reverse"),
-    "rewind": ("↺", "bold magenta"),
+
+@dataclass(frozen=True)
+class EventMark:
+    """How an event of one kind is drawn (under the plots, in the events tab) and what it
+    means (the help screen's legend is made from this table)."""
+
+    char: str
+    style: str
+    meaning: str
+
+
+EVENT_MARKS = {
+    "control": EventMark("▲", "bold cyan", "a command applied"),
+    "nonfinite": EventMark("✖", "bold red", "non-finite step (also the top row of a plot)"),
+    "checkpoint": EventMark("◆", "green", "checkpoint"),
+    "alert": EventMark("!", "bold red reverse", "spike alert"),
+    "rewind": EventMark("↺", "bold magenta", "rewound to a checkpoint"),
 }
+OTHER_EVENT = EventMark("•", "dim", "any other event")
 
 
 def elide(text: str, width: int, keep: str = "end") -> str:
@@ -43,9 +56,13 @@ def elide(text: str, width: int, keep: str = "end") -> str:
     return text[:half] + "…" + text[-(width - 1 - half):]
 
 
+def event_mark(kind: str) -> EventMark:
+    return EVENT_MARKS.get(kind, OTHER_EVENT)
+
+
 def event_marker(step: int, kind: str) -> Marker:
-    char, style = EVENT_STYLES.get(kind, ("•", "dim"))
-    return Marker(step, char, style)
+    mark = event_mark(kind)
+    return Marker(step, mark.char, mark.style)
 
 
 def run_headline(row: RunRow | None, path: str) -> Text:
