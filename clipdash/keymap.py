@@ -8,7 +8,8 @@ from __future__ import annotations
 
 DASHBOARD_KEYS: tuple[tuple[str, str], ...] = (
     ("↑ ↓, mouse", "select a run"),
-    ("Enter", "open the run view"),
+    ("Enter", "open the run view (on a sweep's header: fold it)"),
+    ("← →", "scroll the run list's columns (the names stay)"),
     ("Esc", "back (and clears the filter in the list)"),
     ("p", "pause / resume"),
     ("m", "set max_norm"),
